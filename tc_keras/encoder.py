@@ -25,15 +25,15 @@ def _conv(filters, kernel, stride=1, name=None):
                          kernel_initializer="he_normal", name=name)
 
 
-def _bn(name=None, zero_init=False):
+def _bn(synchronized, name=None):
     return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name,
-                                     gamma_initializer="zeros" if zero_init else "ones")
+                                     synchronized=synchronized)
 
 
 class _ResidualBlock(layers.Layer):
     """Basic (two 3x3) or bottleneck (1x1-3x3-1x1, x4 expansion) residual block. Internal."""
 
-    def __init__(self, width, stride, bottleneck, project, **kwargs):
+    def __init__(self, width, stride, bottleneck, project, sync_batchnorm, **kwargs):
         super().__init__(**kwargs)
         self.width = width
         self.stride = stride
@@ -45,12 +45,10 @@ class _ResidualBlock(layers.Layer):
                           _conv(out, 1, name="conv3")]
         else:
             self.convs = [_conv(width, 3, stride, name="conv1"), _conv(out, 3, name="conv2")]
-        # The last BN of each block starts at zero so every block starts as identity.
-        self.bns = [_bn(name=f"bn{i + 1}", zero_init=i == len(self.convs) - 1)
-                    for i in range(len(self.convs))]
+        self.bns = [_bn(sync_batchnorm, name=f"bn{i + 1}") for i in range(len(self.convs))]
         if project:
             self.shortcut_conv = _conv(out, 1, stride, name="shortcut_conv")
-            self.shortcut_bn = _bn(name="shortcut_bn")
+            self.shortcut_bn = _bn(sync_batchnorm, name="shortcut_bn")
 
     def call(self, x, training=None):
         y = x
@@ -72,6 +70,8 @@ class ResNetEncoder(layers.Layer):
       depth: 18 or 50.
       out_channels: channels of the 1x1 projection (512 in the paper).
       normalize: L2-normalise the output over channels (True for every use in TimeCycle).
+      sync_batchnorm: BatchNorm statistics over all replicas of a tf.distribute strategy
+        (TensorFlow backend) instead of each replica's own share of the batch.
 
     Call arguments:
       frames: (B, H, W, 3) ImageNet-normalised float frames, H and W multiples of 8.
@@ -81,16 +81,17 @@ class ResNetEncoder(layers.Layer):
       (B, H/8, W/8, out_channels) features, unit L2 norm over channels when `normalize`.
     """
 
-    def __init__(self, depth=50, out_channels=512, normalize=True, **kwargs):
+    def __init__(self, depth=50, out_channels=512, normalize=True, sync_batchnorm=False, **kwargs):
         super().__init__(**kwargs)
         if depth not in _STAGES:
             raise ValueError(f"ResNetEncoder depth must be one of {sorted(_STAGES)}, got {depth!r}")
         self.depth = depth
         self.out_channels = out_channels
         self.normalize = normalize
+        self.sync_batchnorm = sync_batchnorm
         bottleneck = depth == 50
         self.stem_conv = _conv(64, 7, 2, name="stem_conv")
-        self.stem_bn = _bn(name="stem_bn")
+        self.stem_bn = _bn(sync_batchnorm, name="stem_bn")
         self.stem_pool = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")
         self.blocks = []
         in_ch = 64
@@ -100,7 +101,7 @@ class ResNetEncoder(layers.Layer):
             for i in range(count):
                 s = stride if i == 0 else 1
                 project = i == 0 and (s != 1 or in_ch != out_ch)
-                self.blocks.append(_ResidualBlock(width, s, bottleneck, project,
+                self.blocks.append(_ResidualBlock(width, s, bottleneck, project, sync_batchnorm,
                                                   name=f"res{stage + 2}_{i}"))
                 in_ch = out_ch
         self.feature_channels = in_ch
@@ -123,5 +124,6 @@ class ResNetEncoder(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(depth=self.depth, out_channels=self.out_channels, normalize=self.normalize)
+        config.update(depth=self.depth, out_channels=self.out_channels, normalize=self.normalize,
+                      sync_batchnorm=self.sync_batchnorm)
         return config

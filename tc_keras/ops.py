@@ -148,9 +148,9 @@ def affinity_softmax(image_feats, query_feats, temperature):
 def warp_points(theta, num_points=20):
     """Warps a num_points x num_points grid over [-1, 1]^2: (B, num_points**2, 2)."""
     # Grid from -1 to 1 inclusive (PAPER.md, l_theta).
-    lin = ops.linspace(-1.0, 1.0, num_points)
+    lin = ops.linspace(-1.0, 1.0, num_points, dtype=theta.dtype)
     gx = ops.broadcast_to(lin[None, :], (num_points, num_points))
     gy = ops.broadcast_to(lin[:, None], (num_points, num_points))
     # (P, P, 3) -> (P*P, 3)
     pts = ops.reshape(ops.stack([gx, gy, ops.ones_like(gx)], -1), (num_points * num_points, 3))
-    return ops.einsum("pk,bjk->bpj", ops.cast(pts, theta.dtype), theta)
+    return ops.einsum("pk,bjk->bpj", pts, theta)

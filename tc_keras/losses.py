@@ -1,0 +1,111 @@
+"""TimeCycle losses (PAPER.md, "Cycles and losses"). Functions of tensors, `keras.ops` only.
+
+Each returns per-example values or a dict of scalars; `cycle_losses` combines the terms with the
+reference code's weights by default.
+"""
+
+from keras import ops
+
+from tc_keras import ops as tops
+
+# Reference-code weights: 0.1 * 0.2 * mean_i(L_long^i) + 1.0 * inlier + 0.1 * mean_i(L_skip^i)
+# (PAPER.md, "Weights"; the 0.2 was added "for stable training").
+LONG_WEIGHT = 0.1 * 0.2
+SIM_WEIGHT = 1.0
+SKIP_WEIGHT = 0.1
+# l_theta warps a 20x20 grid over [-1, 1]^2 (PAPER.md).
+THETA_GRID_POINTS = 20
+SIMILARITIES = ("inlier", "inner_product")
+
+
+def theta_loss(theta_pred, theta_true, num_points=THETA_GRID_POINTS):
+    """l_theta per example: mean over a warped point grid of the squared point distance.
+
+    Args:
+      theta_pred, theta_true: (B, 2, 3).
+    Returns:
+      (B,).
+    """
+    diff = tops.warp_points(theta_pred, num_points) - tops.warp_points(theta_true, num_points)
+    return ops.mean(ops.sum(ops.square(diff), axis=-1), axis=-1)
+
+
+def inlier_score(affinity, theta, feature_size):
+    """Affinity mass that falls where theta says the query is (the reference's "inlier" term).
+
+    The identity correspondence mask (N x H x W, one-hot per image position) warped by theta to the
+    query grid puts, for query position j, the bilinear weights of theta's sample point j on the
+    image grid. sum(mask * affinity) is therefore the affinity of j bilinearly sampled at its own
+    sample point, summed over j; the mask is normalised to sum 1 over what falls inside the image.
+    Theta is treated as a constant here (no gradient): this term shapes the features, the cycle
+    terms train the localizer.
+
+    Args:
+      affinity: (B, h, w, N) softmax over the N = H*W image positions.
+      theta: (B, 2, 3).
+      feature_size: (H, W) python ints of the image feature grid.
+    Returns:
+      (B,) score in [0, 1].
+    """
+    height, width = feature_size
+    shape = ops.shape(affinity)
+    batch, qh, qw = shape[0], shape[1], shape[2]
+    theta = ops.stop_gradient(theta)
+    # (B, h, w, N) -> (B, h*w, H, W) -> (B, H, W, h*w): one image-shaped map per query position.
+    maps = ops.reshape(affinity, (batch, qh * qw, height, width))
+    maps = ops.transpose(maps, (0, 2, 3, 1))
+    coords = tops.affine_grid(theta, qh, qw)  # (B, h, w, 2)
+    sampled = tops.bilinear_sample(maps, coords)  # (B, h, w, h*w)
+    eye = ops.reshape(ops.eye(qh * qw, dtype=sampled.dtype), (1, qh, qw, qh * qw))
+    own = ops.sum(sampled * eye, axis=(1, 2, 3))  # (B,) each query position read at its point
+    inside = tops.bilinear_sample(ops.ones((batch, height, width, 1), sampled.dtype), coords)
+    return own / ops.maximum(ops.sum(inside, axis=(1, 2, 3)), 1e-6)
+
+
+def inner_product_score(query, tracked):
+    """Paper's similarity <x_p, T(x_I, x_p)>, averaged over the h*w positions: (B,) in [-1, 1].
+
+    Args:
+      query, tracked: (B, h, w, C) L2-normalised features.
+    """
+    return ops.mean(ops.sum(query * tracked, axis=-1), axis=(1, 2))
+
+
+def cycle_losses(outputs, theta_true, feature_size, similarity="inlier",
+                 long_weight=LONG_WEIGHT, skip_weight=SKIP_WEIGHT, sim_weight=SIM_WEIGHT):
+    """All TimeCycle terms for one batch.
+
+    Args:
+      outputs: the dict returned by `TimeCycle.call` (see model.py): `theta_long`, `theta_skip`,
+        `theta_first` (B, k, 2, 3), `affinity_first` (B, k, h, w, N), `query` (B, h, w, C),
+        `tracked_first` (B, k, h, w, C).
+      theta_true: (B, 2, 3) ground-truth theta of the patch in the target frame.
+      feature_size: (H, W) of the image features.
+      similarity: "inlier" (reference code, default) or "inner_product" (paper).
+    Returns:
+      dict of scalars: `loss` (weighted total), `long`, `skip`, `sim`, and `long_i`, `skip_i`,
+      `sim_i` for i = 1..k (i = how many frames back).
+    """
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    k = outputs["theta_long"].shape[1]
+    result = {}
+    for name in ("long", "skip"):
+        terms = [ops.mean(theta_loss(outputs[f"theta_{name}"][:, i], theta_true))
+                 for i in range(k)]
+        for i, term in enumerate(terms):
+            result[f"{name}_{i + 1}"] = term
+        result[name] = ops.mean(ops.stack(terms))
+    sims = []
+    for i in range(k):
+        if similarity == "inlier":
+            score = inlier_score(outputs["affinity_first"][:, i], outputs["theta_first"][:, i],
+                                 feature_size)
+        else:
+            score = inner_product_score(outputs["query"], outputs["tracked_first"][:, i])
+        sims.append(-ops.mean(score))
+        result[f"sim_{i + 1}"] = sims[-1]
+    result["sim"] = ops.mean(ops.stack(sims))
+    result["loss"] = (long_weight * result["long"] + skip_weight * result["skip"]
+                      + sim_weight * result["sim"])
+    return result

@@ -1,0 +1,216 @@
+"""The TimeCycle model: cycle unroll over a clip and the custom training step.
+
+A batch is a dict (see tc_keras/data/pipeline.py):
+  past   (B, k, H, W, 3)  k past frames, oldest first, most recent last, normalised
+  target (B, H, W, 3)     the target frame
+  patch  (B, P, P, 3)     the query patch cut from the target (P = H / 3)
+  theta  (B, 2, 3)        where the patch is in the target (ground truth)
+"""
+
+import keras
+import tensorflow as tf
+
+from tc_keras import losses as tlosses
+from tc_keras import ops as tops
+from tc_keras.encoder import ResNetEncoder
+from tc_keras.tracker import AFFINITY_TEMPERATURE, Tracker
+
+# Optimiser defaults (PAPER.md, "Training data and schedule").
+LEARNING_RATE = 2e-4
+BETA_1 = 0.5
+BETA_2 = 0.999
+GRAD_CLIP_NORM = 10.0
+ENCODER_STRIDE = 8
+
+
+@keras.saving.register_keras_serializable(package="tc_keras")
+class TimeCycle(keras.Model):
+    """Encoder + tracker trained by cycle consistency over time.
+
+    Args:
+      depth: encoder depth, 18 or 50.
+      num_past: k, the number of past frames per clip (4).
+      crop_size: training frame size H = W (240).
+      similarity: "inlier" (reference, default) or "inner_product" (paper).
+      long_weight, skip_weight, sim_weight: loss weights (reference defaults 0.02, 0.1, 1.0).
+      temperature: affinity temperature (512**-0.5).
+      freeze_encoder: train only the tracker (a warm-up known to help from-scratch training).
+      grad_clip_norm: clip the all-replica gradient to this global norm (None: no clipping).
+      sync_batchnorm: encoder BatchNorm statistics over all replicas (see ResNetEncoder).
+
+    Call arguments:
+      inputs: dict with `past` (B, k, H, W, 3), `target` (B, H, W, 3), `patch` (B, P, P, 3).
+
+    Returns:
+      dict: `theta_long`, `theta_skip`, `theta_first` (B, k, 2, 3); `affinity_first`
+      (B, k, p, p, N); `query` (B, p, p, C); `tracked_first` (B, k, p, p, C); index i along k
+      means i + 1 frames back. p = P / 8, N = (H / 8)**2.
+    """
+
+    def __init__(self, depth=50, num_past=4, crop_size=240, similarity="inlier",
+                 long_weight=tlosses.LONG_WEIGHT, skip_weight=tlosses.SKIP_WEIGHT,
+                 sim_weight=tlosses.SIM_WEIGHT, temperature=AFFINITY_TEMPERATURE,
+                 freeze_encoder=False, grad_clip_norm=GRAD_CLIP_NORM, sync_batchnorm=False,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if similarity not in tlosses.SIMILARITIES:
+            raise ValueError(f"similarity must be one of {tlosses.SIMILARITIES}, got {similarity!r}")
+        if crop_size % (3 * ENCODER_STRIDE):
+            raise ValueError(f"crop_size must be a multiple of 24 (patch = crop/3 at stride 8), "
+                             f"got {crop_size}")
+        if num_past < 1:
+            raise ValueError(f"num_past must be >= 1, got {num_past}")
+        self.depth = depth
+        self.num_past = num_past
+        self.crop_size = crop_size
+        self.similarity = similarity
+        self.long_weight = long_weight
+        self.skip_weight = skip_weight
+        self.sim_weight = sim_weight
+        self.temperature = temperature
+        self.freeze_encoder = freeze_encoder
+        self.grad_clip_norm = grad_clip_norm
+        self.sync_batchnorm = sync_batchnorm
+        self.feature_size = crop_size // ENCODER_STRIDE
+        self.patch_cells = crop_size // 3 // ENCODER_STRIDE
+        self.encoder = ResNetEncoder(depth=depth, sync_batchnorm=sync_batchnorm, name="encoder")
+        # The tracker's coordinates need float32 even under a mixed-precision policy.
+        self.tracker = Tracker(patch_size=(self.patch_cells, self.patch_cells),
+                               temperature=temperature, name="tracker", dtype="float32")
+        self.encoder.trainable = not freeze_encoder
+        names = ["loss", "long", "skip", "sim", "grad_norm"]
+        for i in range(1, num_past + 1):
+            names += [f"long_{i}", f"skip_{i}", f"sim_{i}"]
+        self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
+
+    # ----------------------------------------------------------------------------- forward
+    def call(self, inputs, training=None):
+        past, target, patch = inputs["past"], inputs["target"], inputs["patch"]
+        k = self.num_past
+        shape = keras.ops.shape(past)
+        batch = shape[0]
+        # (B, k, H, W, 3) -> (B*k, H, W, 3); one encoder pass for past and target frames.
+        frames = keras.ops.reshape(past, (batch * k, shape[2], shape[3], shape[4]))
+        feats = self.encoder(keras.ops.concatenate([frames, target], axis=0), training=training)
+        fshape = keras.ops.shape(feats)
+        # (B*k, h, w, C) -> (B, k, h, w, C)
+        past_feats = keras.ops.reshape(feats[: batch * k], (batch, k, fshape[1], fshape[2], fshape[3]))
+        target_feats = feats[batch * k:]
+        query = self.encoder(patch, training=training)
+        query = keras.ops.cast(query, "float32")
+        past_feats = keras.ops.cast(past_feats, "float32")
+        target_feats = keras.ops.cast(target_feats, "float32")
+
+        def frame(back):  # features of the frame `back` steps before the target (1..k)
+            return past_feats[:, k - back]
+
+        # First step into each past frame, straight from the target patch (skip cycles, L_sim,
+        # and the first backward step of every long cycle).
+        first = [self.tracker(frame(i), query) for i in range(1, k + 1)]
+        theta_skip = [self.tracker(target_feats, step["features"])["theta"] for step in first]
+        # Backward chain t-1, t-2, ..., t-k: backward[i-1] is the query after i steps back.
+        backward = [first[0]["features"]]
+        for i in range(2, k + 1):
+            backward.append(self.tracker(frame(i), backward[-1])["features"])
+        # Long cycle i: i steps back, then forward through t-i+1 .. t-1, then into the target.
+        theta_long = [theta_skip[0]]  # i = 1 is the same computation as skip 1
+        for i in range(2, k + 1):
+            q = backward[i - 1]
+            for j in range(i - 1, 0, -1):
+                q = self.tracker(frame(j), q)["features"]
+            theta_long.append(self.tracker(target_feats, q)["theta"])
+        return {
+            "theta_long": keras.ops.stack(theta_long, axis=1),
+            "theta_skip": keras.ops.stack(theta_skip, axis=1),
+            "theta_first": keras.ops.stack([s["theta"] for s in first], axis=1),
+            "affinity_first": keras.ops.stack([s["affinity"] for s in first], axis=1),
+            "tracked_first": keras.ops.stack([s["features"] for s in first], axis=1),
+            "query": query,
+        }
+
+    def cycle_losses(self, batch, outputs):
+        return tlosses.cycle_losses(
+            outputs, batch["theta"], (self.feature_size, self.feature_size), self.similarity,
+            self.long_weight, self.skip_weight, self.sim_weight)
+
+    # ----------------------------------------------------------------------------- training
+    def optimizable_variables(self):
+        """Every variable the optimiser may ever update, frozen encoder included."""
+        frozen = not self.encoder.trainable
+        self.encoder.trainable = True  # only flips variables created trainable
+        variables = list(self.trainable_variables)
+        self.encoder.trainable = not frozen
+        return variables
+
+    def compile(self, optimizer=None, **kwargs):
+        """Compiles with Adam(2e-4, beta_1 0.5) by default and builds its slots for all variables.
+
+        Clipping is done by `train_step` on the all-replica gradient; do not pass an optimizer
+        with `clipnorm` (Keras clips per replica, before the all-reduce).
+        """
+        if optimizer is None:
+            optimizer = keras.optimizers.Adam(LEARNING_RATE, beta_1=BETA_1, beta_2=BETA_2)
+        if getattr(optimizer, "clipnorm", None) or getattr(optimizer, "global_clipnorm", None):
+            raise ValueError("TimeCycle clips gradients itself (grad_clip_norm); "
+                             "pass an optimizer without clipnorm/global_clipnorm")
+        super().compile(optimizer=optimizer, **kwargs)
+        if self.built:
+            self.optimizer.build(self.optimizable_variables())
+
+    def build_from_crop(self):
+        """Builds all weights with a symbolic batch of the configured size."""
+        s, p = self.crop_size, self.crop_size // 3
+        self({"past": keras.KerasTensor((None, self.num_past, s, s, 3)),
+              "target": keras.KerasTensor((None, s, s, 3)),
+              "patch": keras.KerasTensor((None, p, p, 3))})
+
+    def set_encoder_frozen(self, frozen):
+        """Freezes/unfreezes the encoder; the next `fit` retraces its step."""
+        self.freeze_encoder = bool(frozen)
+        self.encoder.trainable = not frozen
+        self.train_function = None
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def _update_trackers(self, values):
+        for name, value in values.items():
+            self._trackers[name].update_state(value)
+        return {name: t.result() for name, t in self._trackers.items()}
+
+    def train_step(self, data):
+        strategy = tf.distribute.get_strategy()
+        replicas = strategy.num_replicas_in_sync
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            outputs = self(data, training=True)
+            losses = self.cycle_losses(data, outputs)
+            # Each replica sees 1/replicas of the global batch; gradients are summed across them.
+            scaled = losses["loss"] / replicas
+        grads = tape.gradient(scaled, variables)
+        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+        context = tf.distribute.get_replica_context()
+        if replicas > 1:
+            grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        norm = tf.linalg.global_norm(grads)
+        if self.grad_clip_norm:
+            grads, _ = tf.clip_by_global_norm(grads, self.grad_clip_norm, use_norm=norm)
+        if replicas > 1:
+            # The optimizer all-reduces (sums) once more; hand it each replica's share.
+            grads = [g / replicas for g in grads]
+        self.optimizer.apply(grads, variables)
+        return self._update_trackers({**losses, "grad_norm": norm})
+
+    def test_step(self, data):
+        outputs = self(data, training=False)
+        return self._update_trackers(self.cycle_losses(data, outputs))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(depth=self.depth, num_past=self.num_past, crop_size=self.crop_size,
+                      similarity=self.similarity, long_weight=self.long_weight,
+                      skip_weight=self.skip_weight, sim_weight=self.sim_weight,
+                      temperature=self.temperature, freeze_encoder=self.freeze_encoder,
+                      grad_clip_norm=self.grad_clip_norm, sync_batchnorm=self.sync_batchnorm)
+        return config
