@@ -90,9 +90,7 @@ def encode_video(video_id, path, fps, height, min_frames, jpeg_quality=90):
     jpegs = []
     try:
         for frame in video.iter_frames(path, fps=fps, height=height):
-            buf = io.BytesIO()
-            Image.fromarray(frame).save(buf, format="JPEG", quality=jpeg_quality)
-            jpegs.append(buf.getvalue())
+            jpegs.append(jpeg_bytes(frame, jpeg_quality))
             shape = frame.shape
     except video.VideoError as e:
         return dict(out, reason=str(e))
@@ -107,19 +105,27 @@ def _encode_job(args):
     return encode_video(*args)
 
 
-def _example(record):
+def jpeg_bytes(frame, quality=90):
+    """uint8 (H, W, 3) RGB frame -> JPEG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def encode_example(video_id, jpegs, fps, height, width):
+    """One video's serialized tf.train.Example (the record format of the module docstring)."""
     import tensorflow as tf  # lazily: worker processes never import TensorFlow
 
     def ints(v):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
 
     feature = dict(
-        id=tf.train.Feature(bytes_list=tf.train.BytesList(value=[record["id"].encode()])),
-        frames=tf.train.Feature(bytes_list=tf.train.BytesList(value=record["frames"])),
-        num_frames=ints(len(record["frames"])),
-        height=ints(record["height"]),
-        width=ints(record["width"]),
-        fps=tf.train.Feature(float_list=tf.train.FloatList(value=[record["fps"]])),
+        id=tf.train.Feature(bytes_list=tf.train.BytesList(value=[video_id.encode()])),
+        frames=tf.train.Feature(bytes_list=tf.train.BytesList(value=list(jpegs))),
+        num_frames=ints(len(jpegs)),
+        height=ints(height),
+        width=ints(width),
+        fps=tf.train.Feature(float_list=tf.train.FloatList(value=[fps])),
     )
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
@@ -141,7 +147,8 @@ class _ShardWriter:
             self.skipped.append(dict(id=result["id"], source=result["source"],
                                      reason=result["reason"]))
             return
-        self.writer.write(_example(result))
+        self.writer.write(encode_example(result["id"], result["frames"], result["fps"],
+                                         result["height"], result["width"]))
         self.rows.append(dict(id=result["id"], source=result["source"],
                               frames=len(result["frames"]), fps=result["fps"],
                               size=[result["height"], result["width"]], shard=self.path.name))
