@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tc_keras import ops as tc_ops
-from tc_keras.data import pipeline, prepare, synthetic
+from tc_keras.data import pipeline, prepare, records, synthetic
 
 MEAN = np.array(tc_ops.IMAGENET_MEAN)
 STD = np.array(tc_ops.IMAGENET_STD)
@@ -18,8 +18,8 @@ def _write_shard(path, videos):
     """videos: [(id, uint8 frames (T, H, W, 3))] -> one TFRecord shard."""
     with tf.io.TFRecordWriter(str(path)) as writer:
         for vid, frames in videos:
-            jpegs = [prepare.jpeg_bytes(f, quality=95) for f in frames]
-            writer.write(prepare.encode_example(vid, jpegs, 12.0, *frames.shape[1:3]))
+            jpegs = [records.jpeg_bytes(f, quality=95) for f in frames]
+            writer.write(records.encode_example(vid, jpegs, 12.0, *frames.shape[1:3]))
     return str(path)
 
 

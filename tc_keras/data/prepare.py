@@ -1,14 +1,8 @@
 """Video collection -> TFRecord shards of JPEG frames (PAPER.md, "Training data and schedule").
 
 Every video is decoded with `video.iter_frames`, resampled to `fps` (12) and resized to `height`
-(256, aspect kept, width even), and stored as ONE tf.train.Example per video:
-
-    id          bytes   the video's path relative to the input folder (or as written in the list)
-    frames      bytes   repeated: one JPEG per frame, in time order
-    num_frames  int64   len(frames)
-    height      int64   frame height in pixels
-    width       int64   frame width in pixels
-    fps         float   frame rate of `frames`
+(256, aspect kept, width even), and stored as ONE tf.train.Example per video with features id,
+frames (one JPEG per frame), num_frames, height, width, fps (tc_keras/data/records.py).
 
 Output folder:
 
@@ -22,7 +16,7 @@ run never leaves a complete-looking shard; a rerun skips shards whose .tfrecord 
 exist (and hold the same videos) and redoes the rest. Unreadable, corrupt, empty, non-video and
 too-short videos are skipped and listed in report.json; they never stop the run. Videos are
 decoded in worker processes (spawned, so they never inherit TensorFlow's threads); the main
-process writes the shards. Memory per video is bounded by its JPEG bytes, not its raw frames.
+process writes the shards. Memory per video is about twice its JPEG bytes, never its raw frames.
 
 Not safe to run two prepares on the same output folder at once.
 """
@@ -30,7 +24,6 @@ Not safe to run two prepares on the same output folder at once.
 import collections
 import concurrent.futures
 import glob
-import io
 import json
 import math
 import multiprocessing
@@ -40,9 +33,8 @@ import re
 import time
 
 from absl import logging
-from PIL import Image
 
-from tc_keras.data import video
+from tc_keras.data import records, video
 
 # PAPER.md, "Training data and schedule": frames at 12 fps, height 256.
 DEFAULT_FPS = 12.0
@@ -83,14 +75,14 @@ def find_videos(input_path):
 def encode_video(video_id, path, fps, height, min_frames, jpeg_quality=90):
     """Decodes one video into JPEG frames; never raises.
 
-    Returns dict(id, source, frames=[JPEG bytes], fps, height, width) or dict(id, source, reason)
-    for a video that cannot be used.
+    Returns dict(id, source, record=serialized Example, frames=count, fps, height, width), or
+    dict(id, source, reason) for a video that cannot be used.
     """
     out = dict(id=video_id, source=str(path))
     jpegs = []
     try:
         for frame in video.iter_frames(path, fps=fps, height=height):
-            jpegs.append(jpeg_bytes(frame, jpeg_quality))
+            jpegs.append(records.jpeg_bytes(frame, jpeg_quality))
             shape = frame.shape
     except video.VideoError as e:
         return dict(out, reason=str(e))
@@ -98,36 +90,13 @@ def encode_video(video_id, path, fps, height, min_frames, jpeg_quality=90):
         return dict(out, reason=f"{type(e).__name__}: {e}")
     if not jpegs or len(jpegs) < min_frames:
         return dict(out, reason=f"too short: {len(jpegs)} frames at {fps} fps, need {min_frames}")
-    return dict(out, frames=jpegs, fps=float(fps), height=shape[0], width=shape[1])
+    record = records.encode_example(video_id, jpegs, fps, shape[0], shape[1])
+    return dict(out, record=record, frames=len(jpegs), fps=float(fps), height=shape[0],
+                width=shape[1])
 
 
 def _encode_job(args):
     return encode_video(*args)
-
-
-def jpeg_bytes(frame, quality=90):
-    """uint8 (H, W, 3) RGB frame -> JPEG bytes."""
-    buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def encode_example(video_id, jpegs, fps, height, width):
-    """One video's serialized tf.train.Example (the record format of the module docstring)."""
-    import tensorflow as tf  # lazily: worker processes never import TensorFlow
-
-    def ints(v):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
-
-    feature = dict(
-        id=tf.train.Feature(bytes_list=tf.train.BytesList(value=[video_id.encode()])),
-        frames=tf.train.Feature(bytes_list=tf.train.BytesList(value=list(jpegs))),
-        num_frames=ints(len(jpegs)),
-        height=ints(height),
-        width=ints(width),
-        fps=tf.train.Feature(float_list=tf.train.FloatList(value=[fps])),
-    )
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
 class _ShardWriter:
@@ -147,10 +116,9 @@ class _ShardWriter:
             self.skipped.append(dict(id=result["id"], source=result["source"],
                                      reason=result["reason"]))
             return
-        self.writer.write(encode_example(result["id"], result["frames"], result["fps"],
-                                         result["height"], result["width"]))
+        self.writer.write(result["record"])
         self.rows.append(dict(id=result["id"], source=result["source"],
-                              frames=len(result["frames"]), fps=result["fps"],
+                              frames=result["frames"], fps=result["fps"],
                               size=[result["height"], result["width"]], shard=self.path.name))
 
     def finish(self, sources):
