@@ -147,3 +147,16 @@ def test_real_videos_at_12fps(shared_data, tmp_path):
     images = [tf.io.decode_jpeg(f).numpy() for r in _read_shard(prepare.resolve_shards(
         tmp_path / "out")[0]) for f in r["frames"][:2]]
     assert all(np.mean(im) > 20 for im in images)
+
+
+def test_worker_crash_fails_only_that_video():
+    # The job function is the builtin eval (so the spawned workers need not import this module
+    # and TensorFlow); the "crash" job kills its worker process the way a decoder segfault would.
+    crash = "__import__('os')._exit(1)"
+    jobs = [(f"s{i // 3}", x) for i, x in enumerate(
+        ["'a' * 2", "'b' * 2", crash, "'c' * 2", "'d' * 2", "'e' * 2", "'f' * 2"])]
+    results = list(prepare._ordered(jobs, workers=2, fn=eval))
+    assert [name for name, _ in results] == [name for name, _ in jobs]
+    values = [r for _, r in results]
+    assert values[:2] == ["aa", "bb"] and values[3:] == ["cc", "dd", "ee", "ff"]
+    assert "worker failed" in values[2]["reason"]

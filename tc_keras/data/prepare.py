@@ -23,6 +23,8 @@ Not safe to run two prepares on the same output folder at once.
 
 import collections
 import concurrent.futures
+import concurrent.futures.process
+import contextlib
 import glob
 import json
 import math
@@ -96,6 +98,7 @@ def encode_video(video_id, path, fps, height, min_frames, jpeg_quality=90):
 
 
 def _encode_job(args):
+    """encode_video on a tuple of its arguments (what the process pool runs)."""
     return encode_video(*args)
 
 
@@ -193,12 +196,7 @@ def _run(jobs, todo, out_dir, workers):
     shard_sizes = {name: len(vids) for name, vids in todo}
     shard_sources = {name: [str(p) for _, p in vids] for name, vids in todo}
     writer, done, skipped, start, last_log = None, 0, 0, time.time(), 0.0
-    pool = None
-    if workers > 1 and len(jobs) > 1:
-        pool = concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"))
-    try:
-        results = _ordered(pool, jobs, window=2 * workers)
+    with contextlib.closing(_ordered(jobs, workers)) as results:
         for name, result in results:
             if writer is None or writer.path.name != name:
                 writer = _ShardWriter(out_dir, name)
@@ -217,36 +215,71 @@ def _run(jobs, todo, out_dir, workers):
                 logging.info("prepare: %d/%d videos (%d skipped), %.1f videos/s, eta %.0f s",
                              done, len(jobs), skipped, rate, (len(jobs) - done) / rate)
                 last_log = now
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
 
 
-def _ordered(pool, jobs, window):
-    """Yields (shard name, result) in job order, with at most `window` jobs in flight."""
-    if pool is None:
+def _failed(args, error):
+    return dict(id=args[0], source=args[1], reason=f"worker failed: {type(error).__name__}: "
+                f"{error}")
+
+
+def _ordered(jobs, workers, fn=_encode_job):
+    """Yields (shard name, fn(args)) in job order, with at most 2 * workers jobs in flight.
+
+    A worker process that dies (a crash inside a decoder, the OOM killer) breaks the pool: the
+    jobs that were in flight are then rerun one at a time in a fresh pool, so that only the video
+    that kills a worker again is reported as failed.
+    """
+    if workers <= 1 or len(jobs) <= 1:
         for name, args in jobs:
-            yield name, encode_video(*args)
+            yield name, fn(args)
         return
-    pending = collections.deque()
-    it = iter(jobs)
 
-    def submit():
-        for name, args in it:
-            pending.append((name, args, pool.submit(_encode_job, args)))
-            return
+    def new_pool():
+        return concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"))
 
-    for _ in range(window):
-        submit()
-    while pending:
-        name, args, future = pending.popleft()
-        submit()
-        try:
-            result = future.result()
-        except Exception as e:  # noqa: BLE001 - e.g. a worker killed by the OOM killer
-            result = dict(id=args[0], source=args[1],
-                          reason=f"worker failed: {type(e).__name__}: {e}")
-        yield name, result
+    broken = concurrent.futures.process.BrokenProcessPool
+    pool, it = new_pool(), iter(jobs)
+    pending, suspects = collections.deque(), collections.deque()
+    try:
+        while True:
+            if suspects:
+                name, args = suspects.popleft()
+                try:
+                    result = pool.submit(fn, args).result()
+                except broken as e:
+                    logging.warning("a worker died while decoding %s", args[1])
+                    pool.shutdown(wait=True)
+                    pool, result = new_pool(), _failed(args, e)
+                except Exception as e:  # noqa: BLE001
+                    result = _failed(args, e)
+                yield name, result
+                continue
+            try:
+                while len(pending) < 2 * workers:
+                    job = next(it, None)
+                    if job is None:
+                        break
+                    pending.append((job[0], job[1], None))
+                    pending[-1] = (job[0], job[1], pool.submit(fn, job[1]))
+                if not pending:
+                    return
+                name, args, future = pending[0]
+                result = future.result()
+            except broken:
+                logging.warning("a worker process died; rerunning %d videos one at a time",
+                                len(pending))
+                suspects.extend((n, a) for n, a, _ in pending)
+                pending.clear()
+                pool.shutdown(wait=True)
+                pool = new_pool()
+                continue
+            except Exception as e:  # noqa: BLE001 - e.g. a result that cannot be pickled
+                result = _failed(args, e)
+            pending.popleft()
+            yield name, result
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def _write_summary(out_dir, plan, input_path):
