@@ -62,3 +62,15 @@ def test_write_corpus(tmp_path):
     mtime = paths[0].stat().st_mtime_ns
     synthetic.write_corpus(tmp_path, 2, frames=5, size=(32, 48), fps=12, seed=4)
     assert paths[0].stat().st_mtime_ns == mtime
+
+
+def test_prepared_corpus_feeds_the_pipeline(tmp_path):
+    from tc_keras.data import pipeline
+
+    shards = synthetic.prepared_corpus(tmp_path, 2, frames=20, size=(48, 64), seed=3)
+    rows = (shards / "manifest.jsonl").read_text().splitlines()
+    assert [json.loads(r)["frames"] for r in rows] == [20, 20]
+    batch = next(iter(pipeline.clip_dataset(shards, batch_size=2, seed=0, crop_size=48,
+                                            resize_short=48)))
+    assert batch["past"].shape == (2, 4, 48, 48, 3) and batch["patch"].shape == (2, 16, 16, 3)
+    assert synthetic.prepared_corpus(tmp_path, 2, frames=20, size=(48, 64), seed=3) == shards

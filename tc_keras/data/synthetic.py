@@ -8,11 +8,13 @@ correspondence from frame to frame. Later objects occlude earlier ones. Masks ar
 0 = background, 1..K = objects in drawing order.
 
 `render_video` returns the whole clip in memory (for tests); `iter_video` streams it frame by
-frame (for long videos); `write_corpus` writes real files:
+frame (for long videos); `write_corpus` writes real files, and `prepared_corpus` also turns them
+into training shards (the default training data when no video collection is given):
 
     out_dir/videos/vid_0000.mp4          H.264, `fps` frames per second
     out_dir/masks/vid_0000/00000.png     indexed (palette) PNG per frame; 00000.png = first frame
     out_dir/corpus.json                  the arguments, so the corpus can be regenerated
+    out_dir/shards/                      (prepared_corpus) shards, manifest.jsonl, report.json
 """
 
 import functools
@@ -23,7 +25,7 @@ import pathlib
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tc_keras.data import video
+from tc_keras.data import prepare, video
 
 # Pixels per frame and degrees per frame are relative to min(H, W) so that motion looks alike at
 # any resolution; at 256 px, 12 fps an object crosses a fair part of the frame within one
@@ -217,3 +219,16 @@ def write_corpus(out_dir, num_videos, frames=60, size=(256, 256), fps=12, seed=0
                     save_mask(mask_dir / f"{t:05d}.png", mask)
         paths.append(path)
     return paths
+
+
+def prepared_corpus(out_dir, num_videos=16, frames=60, size=(256, 256), fps=12, seed=0,
+                    workers=1, **kwargs):
+    """write_corpus + prepare: returns the shard folder out_dir/shards (for `clip_dataset`).
+
+    Both steps keep finished work, so a second call with the same arguments returns at once.
+    """
+    out_dir = pathlib.Path(out_dir)
+    write_corpus(out_dir, num_videos, frames=frames, size=size, fps=fps, seed=seed, **kwargs)
+    prepare.prepare(out_dir / "videos", out_dir / "shards", fps=fps, height=size[0],
+                    workers=workers, min_frames=min(frames, prepare.DEFAULT_MIN_FRAMES))
+    return out_dir / "shards"
