@@ -95,6 +95,10 @@ def test_resume_skips_finished_shards(tmp_path, videos):
     assert os.stat(shards[2]).st_mtime_ns == mtimes[shards[2]]
     assert os.stat(shards[1]).st_mtime_ns != mtimes[shards[1]]
     assert pathlib.Path(shards[1]).with_suffix(".json").exists()
+    # Other settings (here the frame height) redo every shard.
+    prepare.prepare(videos, out, **dict(kw, height=24))
+    assert all(os.stat(s).st_mtime_ns != mtimes[s] for s in (shards[0], shards[2]))
+    assert json.loads((out / "manifest.jsonl").read_text().splitlines()[0])["size"] == [24, 32]
 
 
 def test_list_file_and_changed_input(tmp_path, videos):

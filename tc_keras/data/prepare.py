@@ -13,7 +13,7 @@ Output folder:
 
 A shard and its .json are written under `.partial` names and renamed when complete, so a killed
 run never leaves a complete-looking shard; a rerun skips shards whose .tfrecord and .json both
-exist (and hold the same videos) and redoes the rest. Unreadable, corrupt, empty, non-video and
+exist (and hold the same videos made with the same settings) and redoes the rest. Unreadable, corrupt, empty, non-video and
 too-short videos are skipped and listed in report.json; they never stop the run. Videos are
 decoded in worker processes (spawned, so they never inherit TensorFlow's threads); the main
 process writes the shards. Memory per video is about twice its JPEG bytes, never its raw frames.
@@ -124,17 +124,18 @@ class _ShardWriter:
                               frames=result["frames"], fps=result["fps"],
                               size=[result["height"], result["width"]], shard=self.path.name))
 
-    def finish(self, sources):
+    def finish(self, sources, settings):
         self.writer.close()
         meta_tmp = self.meta_path.with_name(self.meta_path.name + PARTIAL)
-        meta_tmp.write_text(json.dumps(dict(sources=sources, videos=self.rows,
+        meta_tmp.write_text(json.dumps(dict(sources=sources, settings=settings, videos=self.rows,
                                             skipped=self.skipped), indent=1))
         os.replace(self.tmp, self.path)
         os.replace(meta_tmp, self.meta_path)
 
 
-def _finished(out_dir, name, sources):
-    """The shard's metadata if it is complete and holds exactly `sources`, else None."""
+def _finished(out_dir, name, sources, settings):
+    """The shard's metadata if it is complete, holds exactly `sources` and was made with the same
+    settings (fps, height, ...), else None."""
     path = out_dir / name
     meta_path = path.with_suffix(".json")
     if not (path.is_file() and meta_path.is_file()):
@@ -143,7 +144,8 @@ def _finished(out_dir, name, sources):
         meta = json.loads(meta_path.read_text())
     except ValueError:
         return None
-    return meta if meta.get("sources") == sources else None
+    same = meta.get("sources") == sources and meta.get("settings") == settings
+    return meta if same else None
 
 
 def _clean_stale(out_dir, num_shards):
@@ -181,18 +183,20 @@ def prepare(input_path, out_dir, *, fps=DEFAULT_FPS, height=DEFAULT_HEIGHT, work
     for i in range(num_shards):
         plan.append((SHARD_PATTERN.format(index=i, count=num_shards),
                      videos[i * videos_per_shard:(i + 1) * videos_per_shard]))
+    settings = dict(fps=float(fps), height=height, min_frames=min_frames,
+                    jpeg_quality=jpeg_quality)
     todo = [(name, vids) for name, vids in plan
-            if _finished(out_dir, name, [str(p) for _, p in vids]) is None]
+            if _finished(out_dir, name, [str(p) for _, p in vids], settings) is None]
     logging.info("prepare: %d videos in %d shards, %d shards already done, %d to do",
                  len(videos), num_shards, num_shards - len(todo), len(todo))
     jobs = [(name, (vid, str(path), fps, height, min_frames, jpeg_quality))
             for name, vids in todo for vid, path in vids]
     workers = workers or os.cpu_count() or 1
-    _run(jobs, todo, out_dir, workers)
+    _run(jobs, todo, out_dir, workers, settings)
     return _write_summary(out_dir, plan, input_path)
 
 
-def _run(jobs, todo, out_dir, workers):
+def _run(jobs, todo, out_dir, workers, settings):
     shard_sizes = {name: len(vids) for name, vids in todo}
     shard_sources = {name: [str(p) for _, p in vids] for name, vids in todo}
     writer, done, skipped, start, last_log = None, 0, 0, time.time(), 0.0
@@ -206,7 +210,7 @@ def _run(jobs, todo, out_dir, workers):
             if "reason" in result:
                 logging.warning("skipping %s: %s", result["source"], result["reason"])
             if len(writer.rows) + len(writer.skipped) == shard_sizes[name]:
-                writer.finish(shard_sources[name])
+                writer.finish(shard_sources[name], settings)
                 logging.info("wrote %s", writer.path)
                 writer = None
             now = time.time()
