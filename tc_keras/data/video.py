@@ -1,0 +1,345 @@
+"""Video decoding and encoding with PyAV, and frame folders.
+
+`iter_frames` streams uint8 RGB frames (H, W, 3) from a video file (.mp4 .avi .mkv .webm .mov, or
+anything else FFmpeg opens) or from a folder of numbered .jpg/.jpeg/.png frames, one frame at a
+time (never the whole video in memory), optionally resampled to a frame rate by timestamps and
+resized to a height with the aspect ratio kept. `video_info` reads the size, rate and frame count
+without decoding where the container allows it. `VideoWriter` / `write_video` write H.264 mp4
+(yuv420p) through a temporary name that is renamed only on a successful close.
+
+Errors a user can cause (missing, empty, truncated or non-video file, a frame folder with a gap in
+its numbering or frames of different sizes) raise `VideoError`, whose message names the path and
+what was wrong.
+"""
+
+import fractions
+import os
+import pathlib
+import re
+
+import av
+import numpy as np
+from PIL import Image
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# swscale interpolation for resizing decoded frames; area averaging avoids aliasing when shrinking.
+_INTERPOLATION = "AREA"
+_FRAME_NUMBER = re.compile(r"(\d+)$")
+
+
+class VideoError(ValueError):
+    """A video file or frame folder that cannot be read; the message names the path."""
+
+
+def even_width(width, height, new_height):
+    """Width that keeps the aspect ratio at `new_height`, rounded to an even number (>= 2)."""
+    return max(2, int(round(width * new_height / height / 2.0)) * 2)
+
+
+# ----------------------------------------------------------------------------- frame folders
+
+
+def list_frame_files(folder):
+    """Sorted frame files of a folder; checks numbering gaps and that all frames share one size.
+
+    Files whose names end in a number (00000.jpg, img_12.png) are ordered by that number, which must
+    increase by one from file to file. Otherwise names are sorted as strings.
+    Raises VideoError naming the folder and the offending file.
+    """
+    folder = pathlib.Path(folder)
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_EXTENSIONS]
+    if not files:
+        raise VideoError(f"{folder}: no frame files ({', '.join(FRAME_EXTENSIONS)}) in this folder")
+    numbers = [_FRAME_NUMBER.search(p.stem) for p in files]
+    if all(numbers):
+        pairs = sorted(zip((int(m.group(1)) for m in numbers), files))
+        files = [p for _, p in pairs]
+        for (prev, prev_path), (num, path) in zip(pairs, pairs[1:]):
+            if num != prev + 1:
+                what = "duplicate frame number" if num == prev else f"gap in frame numbering " \
+                    f"(expected {prev + 1} after {prev_path.name})"
+                raise VideoError(f"{folder}: {what} at {path.name}")
+    else:
+        files.sort()
+    size = None
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                this = im.size
+        except (OSError, Image.DecompressionBombError) as e:
+            raise VideoError(f"{folder}: cannot read frame {path.name}: {e}") from None
+        if size is None:
+            size, first = this, path
+        elif this != size:
+            raise VideoError(f"{folder}: frame {path.name} is {this[0]}x{this[1]} but "
+                             f"{first.name} is {size[0]}x{size[1]}; all frames must share one size")
+    return files
+
+
+def _iter_folder(folder, files, height):
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                if height is not None and im.height != height:
+                    im = im.resize((even_width(im.width, im.height, height), height),
+                                   Image.BILINEAR)
+                yield np.asarray(im, dtype=np.uint8)
+        except OSError as e:
+            raise VideoError(f"{folder}: cannot decode frame {path.name}: {e}") from None
+
+
+# ----------------------------------------------------------------------------- video files
+
+
+def _check_file(path):
+    if not path.exists():
+        raise VideoError(f"{path}: no such file or folder")
+    if not path.is_file():
+        raise VideoError(f"{path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise VideoError(f"{path}: empty file (0 bytes), expected a video")
+
+
+def _open(path):
+    """Opens a container and its first video stream, or raises VideoError."""
+    _check_file(path)
+    try:
+        container = av.open(str(path), mode="r")
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise VideoError(f"{path}: not a readable video ({e})") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{path}: no video stream in this file")
+    return container, container.streams.video[0]
+
+
+def _stream_rate(stream):
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else None
+
+
+def _iter_file(path, fps, height):
+    container, stream = _open(path)
+    stream.thread_type = "AUTO"
+    src_rate = _stream_rate(stream) or 25.0
+    count = 0
+    try:
+        decoded = _decode_rgb(path, container, stream, height)
+        if fps is None:
+            for _, frame in decoded:
+                count += 1
+                yield frame
+        else:
+            for frame in _resample(decoded, fps, src_rate):
+                count += 1
+                yield frame
+    finally:
+        container.close()
+    if count == 0:
+        raise VideoError(f"{path}: no decodable frames (empty, truncated or corrupt video)")
+
+
+def _decode_rgb(path, container, stream, height):
+    """Yields (time in seconds, uint8 RGB frame) in presentation order."""
+    src_rate = _stream_rate(stream) or 25.0
+    index = 0
+    try:
+        for frame in container.decode(stream):
+            if height is not None and frame.height != height:
+                rgb = frame.to_ndarray(format="rgb24", height=height,
+                                       width=even_width(frame.width, frame.height, height),
+                                       interpolation=_INTERPOLATION)
+            else:
+                rgb = frame.to_ndarray(format="rgb24")
+            t = frame.time if frame.time is not None else index / src_rate
+            index += 1
+            yield t, rgb
+    except av.FFmpegError as e:
+        raise VideoError(f"{path}: decoding failed after {index} frames ({e}); the file is "
+                         "truncated or corrupt") from None
+
+
+def _resample(decoded, fps, src_rate):
+    """Nearest-in-time resampling of (time, frame) pairs to `fps` (frames repeat when fps > source).
+
+    Output frame i shows time t0 + i / fps, where t0 is the first frame's time; the video is taken
+    to last until half a source frame after its last frame.
+    """
+    step = 1.0 / fps
+    prev_t = prev = t0 = None
+    i = 0
+    for t, frame in decoded:
+        if prev is None:
+            t0, prev_t, prev = t, t, frame
+            continue
+        if t <= prev_t:  # broken or repeated timestamp: keep the order of decoding
+            t = prev_t + 1.0 / src_rate
+        middle = 0.5 * (prev_t + t) - t0
+        while i * step < middle:
+            yield prev
+            i += 1
+        prev_t, prev = t, frame
+    if prev is not None:
+        end = prev_t - t0 + 0.5 / src_rate
+        while i * step < end:
+            yield prev
+            i += 1
+
+
+def iter_frames(path, fps=None, height=None):
+    """Streams uint8 RGB frames (H, W, 3) from a video file or a folder of frames.
+
+    Args:
+      path: a video file, or a folder of numbered .jpg/.jpeg/.png frames.
+      fps: optional frame rate to resample to, by timestamps (nearest frame in time). Not
+        applicable to frame folders, which have no timestamps.
+      height: optional output height in pixels; the width keeps the aspect ratio, rounded to even.
+    Returns:
+      An iterator of (H, W, 3) uint8 arrays. Paths, folders and container headers are checked
+      before this returns; decoding errors surface while iterating. Both raise VideoError.
+    """
+    path = pathlib.Path(path)
+    if fps is not None and fps <= 0:
+        raise VideoError(f"{path}: fps must be positive, got {fps}")
+    if height is not None and height < 2:
+        raise VideoError(f"{path}: height must be at least 2 pixels, got {height}")
+    if path.is_dir():
+        if fps is not None:
+            raise VideoError(f"{path}: a frame folder has no timestamps; fps={fps} resampling "
+                             "applies to video files only")
+        return _iter_folder(path, list_frame_files(path), height)
+    container, _ = _open(path)  # fail early on missing / empty / non-video files
+    container.close()
+    return _iter_file(path, fps, height)
+
+
+def video_info(path, exact=False):
+    """dict(frames, fps, width, height) of a video file or frame folder, without decoding frames.
+
+    `frames` comes from the container header, or from counting non-empty packets when the header
+    has no count (mkv, webm) or `exact` is set: AVI headers count dropped-frame slots that decode
+    to nothing. `fps` is the average rate (None for a frame folder).
+    """
+    path = pathlib.Path(path)
+    if path.is_dir():
+        files = list_frame_files(path)
+        with Image.open(files[0]) as im:
+            width, height = im.size
+        return dict(frames=len(files), fps=None, width=width, height=height)
+    container, stream = _open(path)
+    try:
+        frames = stream.frames
+        if exact or not frames:
+            try:
+                frames = sum(1 for p in container.demux(stream) if p.size)
+            except av.FFmpegError as e:
+                raise VideoError(f"{path}: cannot read packets ({e})") from None
+        return dict(frames=int(frames), fps=_stream_rate(stream),
+                    width=stream.codec_context.width, height=stream.codec_context.height)
+    finally:
+        container.close()
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+class VideoWriter:
+    """Writes uint8 RGB frames to an H.264 mp4 (yuv420p); use as a context manager.
+
+    Frames are written to `<path>.partial` and renamed to `path` only when the writer closes
+    without an exception, so an interrupted run never leaves a complete-looking file. Odd frame
+    sizes are padded to even (yuv420p needs even sizes) by repeating the last row / column.
+
+    Args:
+      path: output .mp4 path.
+      fps: frame rate (int, float or Fraction).
+      crf: x264 constant rate factor (lower = better quality; 18 is visually near lossless).
+      preset: x264 speed preset.
+    """
+
+    def __init__(self, path, fps, crf=18, preset="veryfast"):
+        self.path = pathlib.Path(path)
+        self.fps = fps
+        self.crf = crf
+        self.preset = preset
+        self.tmp_path = self.path.with_name(self.path.name + ".partial")
+        self._container = None
+        self._stream = None
+        self._size = None
+        self.frames_written = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+    def write(self, frame):
+        """Appends one (H, W, 3) uint8 RGB frame; all frames must have the first frame's size."""
+        frame = np.asarray(frame)
+        if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+            raise VideoError(f"{self.path}: expected uint8 (H, W, 3) RGB frames, got "
+                             f"{frame.dtype} {frame.shape}")
+        if self._container is None:
+            self._start(frame.shape[:2])
+        if frame.shape[:2] != self._size:
+            raise VideoError(f"{self.path}: frame {self.frames_written} is "
+                             f"{frame.shape[1]}x{frame.shape[0]}, expected "
+                             f"{self._size[1]}x{self._size[0]} like the first frame")
+        h, w = frame.shape[:2]
+        if h % 2 or w % 2:
+            frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        vf = vf.reformat(format="yuv420p")
+        vf.pts = self.frames_written
+        for packet in self._stream.encode(vf):
+            self._container.mux(packet)
+        self.frames_written += 1
+
+    def _start(self, size):
+        self._size = tuple(size)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        rate = fractions.Fraction(self.fps).limit_denominator(1001)
+        self._container = av.open(str(self.tmp_path), mode="w", format="mp4")
+        self._stream = self._container.add_stream("libx264", rate=rate)
+        self._stream.height = size[0] + size[0] % 2
+        self._stream.width = size[1] + size[1] % 2
+        self._stream.pix_fmt = "yuv420p"
+        self._stream.codec_context.time_base = 1 / rate
+        self._stream.options = {"crf": str(self.crf), "preset": self.preset}
+
+    def close(self):
+        """Flushes the encoder and renames the temporary file to `path`."""
+        if self._container is None:
+            if self.frames_written == 0:
+                raise VideoError(f"{self.path}: no frames were written")
+            return
+        for packet in self._stream.encode(None):
+            self._container.mux(packet)
+        self._container.close()
+        self._container = None
+        os.replace(self.tmp_path, self.path)
+
+    def abort(self):
+        """Closes and deletes the temporary file; `path` is left untouched."""
+        if self._container is not None:
+            try:
+                self._container.close()
+            except av.FFmpegError:
+                pass
+            self._container = None
+        self.tmp_path.unlink(missing_ok=True)
+
+
+def write_video(path, frames, fps, **kwargs):
+    """Writes an iterable of uint8 (H, W, 3) RGB frames to an H.264 mp4; returns the path."""
+    with VideoWriter(path, fps, **kwargs) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return writer.path

@@ -1,0 +1,154 @@
+"""Tests for tc_keras.data.video: decoding, resampling, resizing, writing, clear errors."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tc_keras.data import video
+
+
+def _smooth_frames(num, height=48, width=64):
+    """Frames whose mean brightness encodes their index (survives lossy coding)."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    out = []
+    for i in range(num):
+        base = np.full((height, width), 20 + 7 * i, np.float64)
+        rgb = np.stack([base, base + xx, base + yy], -1)
+        out.append(np.clip(rgb, 0, 255).astype(np.uint8))
+    return out
+
+
+def _index_of(frame):
+    return int(round((frame[..., 0].mean() - 20) / 7))
+
+
+@pytest.fixture
+def clip(tmp_path):
+    return video.write_video(tmp_path / "clip.mp4", _smooth_frames(30), fps=30)
+
+
+def test_round_trip(clip):
+    info = video.video_info(clip)
+    assert info == dict(frames=30, fps=30.0, width=64, height=48)
+    frames = list(video.iter_frames(clip))
+    assert len(frames) == 30
+    assert frames[0].dtype == np.uint8 and frames[0].shape == (48, 64, 3)
+    assert [_index_of(f) for f in frames] == list(range(30))
+    err = np.abs(frames[5].astype(float) - _smooth_frames(30)[5]).mean()
+    assert err < 3.0
+
+
+def test_resample_by_timestamps(clip):
+    frames = list(video.iter_frames(clip, fps=10))
+    # 1 s at 10 fps: source frames at times 0, 0.1, ..., 0.9 -> indices 0, 3, ..., 27.
+    assert [_index_of(f) for f in frames] == list(range(0, 30, 3))
+    assert len(list(video.iter_frames(clip, fps=12))) == 12
+    # Upsampling repeats frames.
+    assert len(list(video.iter_frames(clip, fps=60))) == 60
+
+
+def test_resize_keeps_aspect_even_width(clip):
+    frames = list(video.iter_frames(clip, height=30))
+    assert frames[0].shape == (30, 40, 3)
+    frames = list(video.iter_frames(clip, height=25))  # 64 * 25 / 48 = 33.3 -> 34
+    assert frames[0].shape == (25, 34, 3)
+
+
+def test_writer_pads_odd_sizes(tmp_path):
+    path = video.write_video(tmp_path / "odd.mp4", _smooth_frames(3, 33, 47), fps=12)
+    assert video.video_info(path)[("width")] == 48
+    assert next(video.iter_frames(path)).shape == (34, 48, 3)
+
+
+def test_writer_leaves_nothing_on_error(tmp_path):
+    path = tmp_path / "crash.mp4"
+    with pytest.raises(RuntimeError):
+        with video.VideoWriter(path, fps=12) as writer:
+            for frame in _smooth_frames(5):
+                writer.write(frame)
+            raise RuntimeError("simulated crash")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_rejects_size_change(tmp_path):
+    with pytest.raises(video.VideoError, match="expected 64x48"):
+        with video.VideoWriter(tmp_path / "x.mp4", fps=12) as writer:
+            writer.write(_smooth_frames(1)[0])
+            writer.write(_smooth_frames(1, 32, 32)[0])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["zero", "text", "truncated", "missing"])
+def test_bad_files_raise_video_error(tmp_path, clip, kind):
+    path = tmp_path / f"{kind}.mp4"
+    if kind == "zero":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("this is not a video\n" * 20)
+    elif kind == "truncated":
+        path.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
+    with pytest.raises(video.VideoError, match=str(path)):
+        list(video.iter_frames(path))
+    with pytest.raises(video.VideoError, match=str(path)):
+        video.video_info(path)
+
+
+def _write_folder(folder, names, sizes=None):
+    folder.mkdir()
+    for i, name in enumerate(names):
+        h, w = sizes[i] if sizes else (24, 32)
+        Image.fromarray(np.full((h, w, 3), 10 * i, np.uint8)).save(folder / name)
+    return folder
+
+
+def test_frame_folder(tmp_path):
+    folder = _write_folder(tmp_path / "f", ["00010.png", "00008.png", "00009.png"])
+    frames = list(video.iter_frames(folder))
+    assert [int(f[0, 0, 0]) for f in frames] == [10, 20, 0]  # numeric order 8, 9, 10
+    assert video.video_info(folder) == dict(frames=3, fps=None, width=32, height=24)
+    assert next(video.iter_frames(folder, height=12)).shape == (12, 16, 3)
+    with pytest.raises(video.VideoError, match="timestamps"):
+        video.iter_frames(folder, fps=12)
+
+
+def test_frame_folder_gap_names_file(tmp_path):
+    folder = _write_folder(tmp_path / "gap", ["00001.jpg", "00002.jpg", "00004.jpg"])
+    with pytest.raises(video.VideoError, match=r"gap.*00004\.jpg") as e:
+        video.iter_frames(folder)
+    assert str(folder) in str(e.value)
+
+
+def test_frame_folder_mixed_sizes_names_file(tmp_path):
+    folder = _write_folder(tmp_path / "mixed", ["00000.png", "00001.png", "00002.png"],
+                           sizes=[(24, 32), (24, 32), (20, 32)])
+    with pytest.raises(video.VideoError, match=r"00002\.png is 32x20"):
+        video.iter_frames(folder)
+
+
+def test_empty_frame_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(video.VideoError, match="no frame files"):
+        video.iter_frames(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("name, size, frames", [
+    ("real-clips/bikes.mp4", (272, 640), 250),
+    ("real-clips/carphone_pristine.mp4", (144, 176), 120),
+    ("jhmdb-catch/Goal_Keeping_Tips_catch_f_cm_np1_fr_med_2.avi", (240, 320), 40),
+    ("jhmdb-catch/frames", (240, 320), 40),
+])
+def test_real_videos(shared_data, name, size, frames):
+    path = shared_data / name
+    decoded = list(video.iter_frames(path))
+    assert len(decoded) == frames
+    assert decoded[0].shape == size + (3,)
+    assert 20 < decoded[len(decoded) // 2].mean() < 235  # a real picture, not blank
+    info = video.video_info(path, exact=True)
+    assert (info["height"], info["width"]) == size and info["frames"] == frames
+    small = next(video.iter_frames(path, height=64))
+    assert small.shape[0] == 64 and small.shape[1] % 2 == 0
+
+
+def test_real_video_resampled_to_12fps(shared_data):
+    frames = list(video.iter_frames(shared_data / "real-clips/bikes.mp4", fps=12, height=64))
+    assert len(frames) == 120  # 250 frames at 25 fps = 10 s
