@@ -1,0 +1,327 @@
+"""Video collection -> TFRecord shards of JPEG frames (PAPER.md, "Training data and schedule").
+
+Every video is decoded with `video.iter_frames`, resampled to `fps` (12) and resized to `height`
+(256, aspect kept, width even), and stored as ONE tf.train.Example per video:
+
+    id          bytes   the video's path relative to the input folder (or as written in the list)
+    frames      bytes   repeated: one JPEG per frame, in time order
+    num_frames  int64   len(frames)
+    height      int64   frame height in pixels
+    width       int64   frame width in pixels
+    fps         float   frame rate of `frames`
+
+Output folder:
+
+    shard-00000-of-00004.tfrecord   videos [0, M) of the sorted input list, M = videos_per_shard
+    shard-00000-of-00004.json       what went into that shard (manifest rows and skipped videos)
+    manifest.jsonl                  one row per stored video: id, source, frames, fps, size, shard
+    report.json                     counts and the skipped videos, each with its reason
+
+A shard and its .json are written under `.partial` names and renamed when complete, so a killed
+run never leaves a complete-looking shard; a rerun skips shards whose .tfrecord and .json both
+exist (and hold the same videos) and redoes the rest. Unreadable, corrupt, empty, non-video and
+too-short videos are skipped and listed in report.json; they never stop the run. Videos are
+decoded in worker processes (spawned, so they never inherit TensorFlow's threads); the main
+process writes the shards. Memory per video is bounded by its JPEG bytes, not its raw frames.
+
+Not safe to run two prepares on the same output folder at once.
+"""
+
+import collections
+import concurrent.futures
+import glob
+import io
+import json
+import math
+import multiprocessing
+import os
+import pathlib
+import re
+import time
+
+from absl import logging
+from PIL import Image
+
+from tc_keras.data import video
+
+# PAPER.md, "Training data and schedule": frames at 12 fps, height 256.
+DEFAULT_FPS = 12.0
+DEFAULT_HEIGHT = 256
+# A clip needs frames s .. s + 15 (target offset 15), i.e. 16 frames.
+DEFAULT_MIN_FRAMES = 16
+SHARD_PATTERN = "shard-{index:05d}-of-{count:05d}.tfrecord"
+_SHARD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})\.tfrecord$")
+PARTIAL = ".partial"
+
+
+def find_videos(input_path):
+    """Sorted [(id, path)] from a folder tree (any nesting) or a list file (one path per line).
+
+    Folder: every file with a video extension (.mp4 .avi .mkv .webm .mov, any case); the id is
+    the path relative to the folder. List file: blank lines and lines starting with # are ignored;
+    relative paths are relative to the list file's folder; the id is the line as written.
+    """
+    root = pathlib.Path(input_path)
+    if root.is_dir():
+        found = [(p.relative_to(root).as_posix(), p) for p in root.rglob("*")
+                 if p.suffix.lower() in video.VIDEO_EXTENSIONS and p.is_file()]
+    elif root.is_file():
+        found = []
+        for line in root.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                p = pathlib.Path(line)
+                found.append((line, p if p.is_absolute() else root.parent / p))
+    else:
+        raise FileNotFoundError(f"{root}: no such folder or list file")
+    if not found:
+        raise FileNotFoundError(f"{root}: no videos ({' '.join(video.VIDEO_EXTENSIONS)}) found")
+    found = sorted(dict(found).items())  # unique ids
+    return found
+
+
+def encode_video(video_id, path, fps, height, min_frames, jpeg_quality=90):
+    """Decodes one video into JPEG frames; never raises.
+
+    Returns dict(id, source, frames=[JPEG bytes], fps, height, width) or dict(id, source, reason)
+    for a video that cannot be used.
+    """
+    out = dict(id=video_id, source=str(path))
+    jpegs = []
+    try:
+        for frame in video.iter_frames(path, fps=fps, height=height):
+            buf = io.BytesIO()
+            Image.fromarray(frame).save(buf, format="JPEG", quality=jpeg_quality)
+            jpegs.append(buf.getvalue())
+            shape = frame.shape
+    except video.VideoError as e:
+        return dict(out, reason=str(e))
+    except Exception as e:  # noqa: BLE001 - one bad video must not stop a 100K-video run
+        return dict(out, reason=f"{type(e).__name__}: {e}")
+    if not jpegs or len(jpegs) < min_frames:
+        return dict(out, reason=f"too short: {len(jpegs)} frames at {fps} fps, need {min_frames}")
+    return dict(out, frames=jpegs, fps=float(fps), height=shape[0], width=shape[1])
+
+
+def _encode_job(args):
+    return encode_video(*args)
+
+
+def _example(record):
+    import tensorflow as tf  # lazily: worker processes never import TensorFlow
+
+    def ints(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
+
+    feature = dict(
+        id=tf.train.Feature(bytes_list=tf.train.BytesList(value=[record["id"].encode()])),
+        frames=tf.train.Feature(bytes_list=tf.train.BytesList(value=record["frames"])),
+        num_frames=ints(len(record["frames"])),
+        height=ints(record["height"]),
+        width=ints(record["width"]),
+        fps=tf.train.Feature(float_list=tf.train.FloatList(value=[record["fps"]])),
+    )
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+class _ShardWriter:
+    """Writes one shard under .partial names; `finish` renames it into place."""
+
+    def __init__(self, out_dir, name):
+        import tensorflow as tf
+
+        self.path = out_dir / name
+        self.meta_path = self.path.with_suffix(".json")
+        self.tmp = self.path.with_name(self.path.name + PARTIAL)
+        self.writer = tf.io.TFRecordWriter(str(self.tmp))
+        self.rows, self.skipped = [], []
+
+    def add(self, result):
+        if "reason" in result:
+            self.skipped.append(dict(id=result["id"], source=result["source"],
+                                     reason=result["reason"]))
+            return
+        self.writer.write(_example(result))
+        self.rows.append(dict(id=result["id"], source=result["source"],
+                              frames=len(result["frames"]), fps=result["fps"],
+                              size=[result["height"], result["width"]], shard=self.path.name))
+
+    def finish(self, sources):
+        self.writer.close()
+        meta_tmp = self.meta_path.with_name(self.meta_path.name + PARTIAL)
+        meta_tmp.write_text(json.dumps(dict(sources=sources, videos=self.rows,
+                                            skipped=self.skipped), indent=1))
+        os.replace(self.tmp, self.path)
+        os.replace(meta_tmp, self.meta_path)
+
+
+def _finished(out_dir, name, sources):
+    """The shard's metadata if it is complete and holds exactly `sources`, else None."""
+    path = out_dir / name
+    meta_path = path.with_suffix(".json")
+    if not (path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError:
+        return None
+    return meta if meta.get("sources") == sources else None
+
+
+def _clean_stale(out_dir, num_shards):
+    for p in out_dir.iterdir():
+        if p.name.endswith(PARTIAL):
+            p.unlink()  # a killed run's leftovers; the shard is redone
+            continue
+        m = _SHARD_RE.match(p.name) or _SHARD_RE.match(p.with_suffix(".tfrecord").name)
+        if m and int(m.group(2)) != num_shards:
+            logging.warning("removing %s: from an earlier run with a different video list", p)
+            p.unlink()
+
+
+def prepare(input_path, out_dir, *, fps=DEFAULT_FPS, height=DEFAULT_HEIGHT, workers=None,
+            videos_per_shard=64, min_frames=DEFAULT_MIN_FRAMES, jpeg_quality=90):
+    """Converts a folder tree or list file of videos into TFRecord shards (see module docstring).
+
+    Args:
+      input_path: folder (searched recursively) or list file.
+      out_dir: output folder (created).
+      fps, height: resampling rate and output frame height.
+      workers: decoding processes; None = os.cpu_count(); 1 = decode in this process.
+      videos_per_shard: videos per TFRecord shard.
+      min_frames: videos with fewer frames (after resampling) are skipped.
+      jpeg_quality: JPEG quality of the stored frames.
+    Returns:
+      The report dict (also written to out_dir/report.json).
+    """
+    videos = find_videos(input_path)
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    num_shards = math.ceil(len(videos) / videos_per_shard)
+    _clean_stale(out_dir, num_shards)
+    plan = []  # (shard name, [(id, path)])
+    for i in range(num_shards):
+        plan.append((SHARD_PATTERN.format(index=i, count=num_shards),
+                     videos[i * videos_per_shard:(i + 1) * videos_per_shard]))
+    todo = [(name, vids) for name, vids in plan
+            if _finished(out_dir, name, [str(p) for _, p in vids]) is None]
+    logging.info("prepare: %d videos in %d shards, %d shards already done, %d to do",
+                 len(videos), num_shards, num_shards - len(todo), len(todo))
+    jobs = [(name, (vid, str(path), fps, height, min_frames, jpeg_quality))
+            for name, vids in todo for vid, path in vids]
+    workers = workers or os.cpu_count() or 1
+    _run(jobs, todo, out_dir, workers)
+    return _write_summary(out_dir, plan, input_path)
+
+
+def _run(jobs, todo, out_dir, workers):
+    shard_sizes = {name: len(vids) for name, vids in todo}
+    shard_sources = {name: [str(p) for _, p in vids] for name, vids in todo}
+    writer, done, skipped, start, last_log = None, 0, 0, time.time(), 0.0
+    pool = None
+    if workers > 1 and len(jobs) > 1:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        results = _ordered(pool, jobs, window=2 * workers)
+        for name, result in results:
+            if writer is None or writer.path.name != name:
+                writer = _ShardWriter(out_dir, name)
+            writer.add(result)
+            done += 1
+            skipped += "reason" in result
+            if "reason" in result:
+                logging.warning("skipping %s: %s", result["source"], result["reason"])
+            if len(writer.rows) + len(writer.skipped) == shard_sizes[name]:
+                writer.finish(shard_sources[name])
+                logging.info("wrote %s", writer.path)
+                writer = None
+            now = time.time()
+            if now - last_log > 10 or done == len(jobs):
+                rate = done / max(now - start, 1e-6)
+                logging.info("prepare: %d/%d videos (%d skipped), %.1f videos/s, eta %.0f s",
+                             done, len(jobs), skipped, rate, (len(jobs) - done) / rate)
+                last_log = now
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _ordered(pool, jobs, window):
+    """Yields (shard name, result) in job order, with at most `window` jobs in flight."""
+    if pool is None:
+        for name, args in jobs:
+            yield name, encode_video(*args)
+        return
+    pending = collections.deque()
+    it = iter(jobs)
+
+    def submit():
+        for name, args in it:
+            pending.append((name, args, pool.submit(_encode_job, args)))
+            return
+
+    for _ in range(window):
+        submit()
+    while pending:
+        name, args, future = pending.popleft()
+        submit()
+        try:
+            result = future.result()
+        except Exception as e:  # noqa: BLE001 - e.g. a worker killed by the OOM killer
+            result = dict(id=args[0], source=args[1],
+                          reason=f"worker failed: {type(e).__name__}: {e}")
+        yield name, result
+
+
+def _write_summary(out_dir, plan, input_path):
+    rows, skipped = [], []
+    for name, _ in plan:
+        meta = json.loads((out_dir / name).with_suffix(".json").read_text())
+        rows += meta["videos"]
+        skipped += meta["skipped"]
+    _atomic_write(out_dir / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    report = dict(input=str(input_path), videos=len(rows), skipped_count=len(skipped),
+                  frames=sum(r["frames"] for r in rows), shards=len(plan), skipped=skipped)
+    _atomic_write(out_dir / "report.json", json.dumps(report, indent=1) + "\n")
+    logging.info("prepare: %d videos stored (%d frames), %d skipped; see %s", len(rows),
+                 report["frames"], len(skipped), out_dir / "report.json")
+    return report
+
+
+def _atomic_write(path, text):
+    tmp = path.with_name(path.name + PARTIAL)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def resolve_shards(path):
+    """Sorted list of shard files from a shard folder, a manifest.jsonl, a glob, or a list of them.
+
+    Raises FileNotFoundError naming `path` when nothing is found.
+    """
+    if isinstance(path, (list, tuple)):
+        return sorted({s for p in path for s in resolve_shards(p)})
+    p = pathlib.Path(path)
+    if p.is_dir():
+        shards = sorted(str(s) for s in p.glob("*.tfrecord"))
+        if not shards:
+            raise FileNotFoundError(f"{p}: folder holds no *.tfrecord shards")
+        return shards
+    if p.is_file() and p.suffix == ".jsonl":
+        names = set()
+        for line in p.read_text().splitlines():
+            if line.strip():
+                names.add(json.loads(line)["shard"])
+        shards = sorted(str(p.parent / n) for n in names)
+        missing = [s for s in shards if not os.path.isfile(s)]
+        if missing or not shards:
+            raise FileNotFoundError(f"{p}: manifest lists no shards" if not shards else
+                                    f"{p}: manifest names missing shards, e.g. {missing[0]}")
+        return shards
+    if p.is_file():
+        return [str(p)]
+    shards = sorted(s for s in glob.glob(str(path)) if os.path.isfile(s))
+    if not shards:
+        raise FileNotFoundError(f"{path}: no shard folder, manifest, shard file or matching files")
+    return shards

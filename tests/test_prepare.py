@@ -1,0 +1,149 @@
+"""Tests for tc_keras.data.prepare and tools/prepare_vlog.py: shards, report, resume."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tc_keras.data import prepare, synthetic
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _read_shard(path):
+    spec = dict(id=tf.io.FixedLenFeature([], tf.string),
+                frames=tf.io.VarLenFeature(tf.string),
+                num_frames=tf.io.FixedLenFeature([], tf.int64),
+                height=tf.io.FixedLenFeature([], tf.int64),
+                width=tf.io.FixedLenFeature([], tf.int64),
+                fps=tf.io.FixedLenFeature([], tf.float32))
+    out = []
+    for raw in tf.data.TFRecordDataset(str(path)):
+        ex = tf.io.parse_single_example(raw, spec)
+        ex["frames"] = tf.sparse.to_dense(ex["frames"])
+        out.append(ex)
+    return out
+
+
+@pytest.fixture
+def videos(tmp_path):
+    """Folder with 3 good videos (one nested, one too short) and 3 bad files."""
+    src = tmp_path / "src"
+    synthetic.write_corpus(tmp_path / "corpus", 3, frames=20, size=(48, 64), fps=12, seed=1)
+    (src / "nested" / "deeper").mkdir(parents=True)
+    vids = sorted((tmp_path / "corpus" / "videos").glob("*.mp4"))
+    os.replace(vids[0], src / "good.mp4")
+    os.replace(vids[1], src / "nested" / "deeper" / "good2.MP4")
+    synthetic.write_corpus(tmp_path / "short", 1, frames=8, size=(48, 64), fps=12, seed=2)
+    os.replace(tmp_path / "short" / "videos" / "vid_0000.mp4", src / "nested" / "short.mp4")
+    data = vids[2].read_bytes()
+    (src / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    (src / "empty.mp4").write_bytes(b"")
+    (src / "notes.mp4").write_text("a text file renamed to .mp4\n" * 10)
+    (src / "readme.txt").write_text("not a video extension: ignored")
+    return src
+
+
+def test_prepare_tool_skips_bad_files(tmp_path, videos):
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "prepare_vlog.py"), f"--input={videos}",
+         f"--out={out}", "--height=32", "--workers=2", "--videos_per_shard=2"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    reasons = {pathlib.Path(s["source"]).name: s["reason"] for s in report["skipped"]}
+    assert set(reasons) == {"truncated.mp4", "empty.mp4", "notes.mp4", "short.mp4"}
+    assert "0 bytes" in reasons["empty.mp4"] and "too short" in reasons["short.mp4"]
+    assert all(name in reason for name, reason in reasons.items() if name != "short.mp4")
+    assert report["videos"] == 2
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["good.mp4", "nested/deeper/good2.MP4"]
+    shards = prepare.resolve_shards(out)
+    assert len(shards) == 3 and not list(out.glob("*.partial"))
+    records = [r for s in shards for r in _read_shard(s)]
+    assert [r["id"].numpy().decode() for r in records] == ["good.mp4", "nested/deeper/good2.MP4"]
+    rec = records[0]
+    # 20 frames at 12 fps stay 20; height 32, width 64 * 32 / 48 = 42.7 -> 42 (even).
+    assert rec["num_frames"] == 20 and rec["frames"].shape == (20,)
+    assert (rec["height"], rec["width"], rec["fps"]) == (32, 42, 12.0)
+    image = tf.io.decode_jpeg(rec["frames"][3]).numpy()
+    assert image.shape == (32, 42, 3) and image.std() > 5
+    assert rows[0]["size"] == [32, 42] and rows[0]["frames"] == 20
+
+
+def test_resume_skips_finished_shards(tmp_path, videos):
+    out = tmp_path / "out"
+    kw = dict(height=32, workers=1, videos_per_shard=2)
+    prepare.prepare(videos, out, **kw)
+    shards = prepare.resolve_shards(out)
+    mtimes = {s: os.stat(s).st_mtime_ns for s in shards}
+    # A killed run leaves a stale partial shard; another shard lost its .json (killed between
+    # the two renames) and must be redone.
+    (out / (pathlib.Path(shards[0]).name + ".partial")).write_bytes(b"garbage")
+    pathlib.Path(shards[1]).with_suffix(".json").unlink()
+    report = prepare.prepare(videos, out, **kw)
+    assert report["videos"] == 2 and report["skipped_count"] == 4
+    assert not list(out.glob("*.partial"))
+    assert os.stat(shards[0]).st_mtime_ns == mtimes[shards[0]]
+    assert os.stat(shards[2]).st_mtime_ns == mtimes[shards[2]]
+    assert os.stat(shards[1]).st_mtime_ns != mtimes[shards[1]]
+    assert pathlib.Path(shards[1]).with_suffix(".json").exists()
+
+
+def test_list_file_and_changed_input(tmp_path, videos):
+    listing = tmp_path / "list.txt"
+    listing.write_text("# training videos\nsrc/good.mp4\n\nsrc/empty.mp4\n")
+    out = tmp_path / "out"
+    report = prepare.prepare(listing, out, height=32, workers=1, videos_per_shard=1)
+    assert report["videos"] == 1 and report["skipped"][0]["id"] == "src/empty.mp4"
+    assert [pathlib.Path(s).name for s in prepare.resolve_shards(out / "manifest.jsonl")] == [
+        "shard-00001-of-00002.tfrecord"]
+    # A different video list gives a different shard count; old shards are removed.
+    listing.write_text("src/good.mp4\n")
+    prepare.prepare(listing, out, height=32, workers=1, videos_per_shard=1)
+    assert [pathlib.Path(s).name for s in prepare.resolve_shards(out)] == [
+        "shard-00000-of-00001.tfrecord"]
+
+
+def test_resolve_shards(tmp_path):
+    for name in ["b.tfrecord", "a.tfrecord", "c.txt"]:
+        (tmp_path / name).write_bytes(b"")
+    expected = [str(tmp_path / "a.tfrecord"), str(tmp_path / "b.tfrecord")]
+    assert prepare.resolve_shards(tmp_path) == expected
+    assert prepare.resolve_shards(str(tmp_path / "*.tfrecord")) == expected
+    assert prepare.resolve_shards(tmp_path / "a.tfrecord") == expected[:1]
+    assert prepare.resolve_shards([tmp_path / "b.tfrecord", tmp_path / "a.tfrecord"]) == expected
+    for bad in [tmp_path / "nothing", tmp_path / "*.zip"]:
+        with pytest.raises(FileNotFoundError, match=str(bad).replace("*", r"\*")):
+            prepare.resolve_shards(bad)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no .*tfrecord"):
+        prepare.resolve_shards(tmp_path / "empty")
+
+
+def test_no_videos_is_an_error(tmp_path):
+    (tmp_path / "in").mkdir()
+    with pytest.raises(FileNotFoundError, match="no videos"):
+        prepare.prepare(tmp_path / "in", tmp_path / "out", workers=1)
+
+
+def test_real_videos_at_12fps(shared_data, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{shared_data}/real-clips/bikes.mp4\n"
+                       f"{shared_data}/jhmdb-catch/Goal_Keeping_Tips_catch_f_cm_np1_fr_med_2.avi\n")
+    report = prepare.prepare(listing, tmp_path / "out", height=64, workers=1)
+    assert report["skipped_count"] == 0
+    rows = [json.loads(x) for x in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    frames = {pathlib.Path(r["source"]).suffix: (r["frames"], r["size"]) for r in rows}
+    assert frames[".mp4"] == (120, [64, 150])  # 10 s at 12 fps; 640x272 -> 150x64
+    assert frames[".avi"][0] == 19 and frames[".avi"][1] == [64, 86]  # 1.6 s at 12 fps
+    images = [tf.io.decode_jpeg(f).numpy() for r in _read_shard(prepare.resolve_shards(
+        tmp_path / "out")[0]) for f in r["frames"][:2]]
+    assert all(np.mean(im) > 20 for im in images)
