@@ -2,11 +2,11 @@
 
 Three layers, so that each can be reused or exported on its own:
 
-- `vote` / `propagate_step`: the pure label step. Given the features and (soft) labels of M context
-  frames and the features of a query frame, each query position takes the top-k most similar
-  context positions and averages their labels. Written with `keras.ops` only, batched,
-  fixed-rank, no data-dependent Python control flow, so it can be traced into a SavedModel /
-  TFLite signature.
+- `tc_keras.label_step` (`vote`, `propagate_step`, re-exported here): the pure label step. Given
+  the features and (soft) labels of M context frames and the features of a query frame, each
+  query position takes the top-k most similar context positions and averages their labels.
+  `keras.ops` only, batched, fixed-rank, no data-dependent Python control flow, so it can be
+  traced into a SavedModel / TFLite signature.
 - `Propagator`: streams frames (generator in, generator out), embeds each frame once with any
   callable `embed(frames_uint8 (B, H, W, 3)) -> (B, h, w, C)` (L2-normalised), keeps only the
   context (first frame + N previous) in a fixed-size ring buffer, so memory does not grow with
@@ -19,7 +19,7 @@ Q query positions, C channels, K label channels, J joints.
 """
 
 import dataclasses
-import math
+import pathlib
 from typing import Optional
 
 import keras
@@ -27,6 +27,8 @@ import numpy as np
 from keras import ops
 
 from tc_keras import ops as tops
+from tc_keras.label_step import (MASKED_LOGIT, minmax_normalize, propagate_step,  # noqa: F401
+                                 radius_mask, vote)
 
 # Total stride of the encoder (PAPER.md, "encoder phi").
 FEATURE_STRIDE = 8
@@ -34,8 +36,6 @@ FEATURE_STRIDE = 8
 # weighted mean gives the keypoint back (PAPER.md, "Inference: label propagation").
 KEYPOINT_SIGMA = 0.5
 KEYPOINT_TOPK = 3
-# Added to the logits of keys outside the spatial radius: exp(-1e4) is exactly 0 in float32.
-MASKED_LOGIT = -1e4
 # Upper bound on the number of logits (M * Q * N) computed at once; bounds the step's memory.
 MAX_LOGITS = 2 ** 25
 
@@ -117,96 +117,6 @@ def model_size(height, width, config):
     return max(s, int(round(h / s)) * s), max(s, int(round(w / s)) * s)
 
 
-def radius_mask(height, width, radius):
-    """(N, N) bool: key position within `radius` feature cells of the query position (Euclidean).
-
-    Rows are query positions, columns key positions, both row-major (y * width + x).
-    """
-    ys, xs = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-    pos = np.stack([ys.ravel(), xs.ravel()], -1).astype(np.float32)  # (N, 2)
-    d2 = np.sum((pos[:, None, :] - pos[None, :, :]) ** 2, -1)  # (N, N)
-    return d2 <= float(radius) ** 2
-
-
-# ----------------------------------------------------------------------------------------------
-# The pure label step
-# ----------------------------------------------------------------------------------------------
-
-def vote(context_feats, context_labels, queries, allowed=None, short_term=None, *, topk,
-         temperature, joint_topk=True):
-    """Labels of Q query positions from M context frames (the core of the label step).
-
-    Args:
-      context_feats: (M, N, C) L2-normalised context features.
-      context_labels: (M, N, K) context labels (one-hot, soft, or heatmaps).
-      queries: (Q, C) L2-normalised query features.
-      allowed: optional (Q, N) bool, key n is within the spatial radius of query q.
-      short_term: optional (M,) bool, context frames that `allowed` applies to.
-      topk, temperature, joint_topk: see `PropagationConfig` (python values).
-    Returns:
-      (Q, K) propagated labels.
-    """
-    m = ops.shape(context_feats)[0]
-    n = ops.shape(context_feats)[1]
-    k_labels = ops.shape(context_labels)[-1]
-    q = ops.shape(queries)[0]
-    logits = ops.einsum("qc,mnc->mqn", queries, context_feats) / temperature  # (M, Q, N)
-    if allowed is not None:
-        if short_term is None:
-            short_term = ops.ones((m,), "bool")
-        blocked = ops.logical_and(ops.reshape(short_term, (-1, 1, 1)),
-                                  ops.logical_not(ops.expand_dims(allowed, 0)))  # (M, Q, N)
-        logits = ops.where(blocked, ops.cast(MASKED_LOGIT, logits.dtype), logits)
-    # (M, N, K) -> (M*N, K): labels addressed by a flat key index m*N + n
-    flat_labels = ops.reshape(context_labels, (-1, k_labels))
-    if joint_topk:
-        # (M, Q, N) -> (Q, M, N) -> (Q, M*N)
-        keys = ops.reshape(ops.transpose(logits, (1, 0, 2)), (q, -1))
-        values, index = ops.top_k(keys, topk)  # (Q, k)
-        weights = ops.softmax(values, axis=-1)
-        picked = ops.take(flat_labels, index, axis=0)  # (Q, k, K)
-        return ops.einsum("qk,qkl->ql", weights, picked)
-    probs = ops.softmax(logits, axis=-1)  # (M, Q, N), each frame on its own
-    values, index = ops.top_k(probs, topk)  # (M, Q, k)
-    offset = ops.reshape(ops.arange(m, dtype=index.dtype) * ops.cast(n, index.dtype), (-1, 1, 1))
-    picked = ops.take(flat_labels, index + offset, axis=0)  # (M, Q, k, K)
-    return ops.mean(ops.einsum("mqk,mqkl->mql", values, picked), axis=0)
-
-
-def minmax_normalize(labels, epsilon=1e-6):
-    """Rescales each channel of (..., N, K) labels to [0, 1] over the N positions."""
-    lo = ops.min(labels, axis=-2, keepdims=True)
-    hi = ops.max(labels, axis=-2, keepdims=True)
-    return (labels - lo) / ops.maximum(hi - lo, epsilon)
-
-
-def propagate_step(context_feats, context_labels, query_feats, *, topk, temperature,
-                   radius_mask=None, short_term=None, joint_topk=True, minmax=False):
-    """One frame of label propagation, whole frame at once (the function to export).
-
-    Args:
-      context_feats: (M, h, w, C) L2-normalised features of the context frames.
-      context_labels: (M, h, w, K) their labels.
-      query_feats: (h, w, C) L2-normalised features of the frame to label.
-      topk, temperature, joint_topk, minmax: see `PropagationConfig` (python values).
-      radius_mask: optional (N, N) bool tensor from `radius_mask(h, w, radius)`.
-      short_term: optional (M,) bool, frames the radius applies to (all but the first).
-    Returns:
-      (h, w, K) labels of the query frame.
-    """
-    shape = ops.shape(context_feats)
-    m, h, w, c = shape[0], shape[1], shape[2], shape[3]
-    k_labels = ops.shape(context_labels)[-1]
-    feats = ops.reshape(context_feats, (m, h * w, c))  # (M, h, w, C) -> (M, N, C)
-    labels = ops.reshape(context_labels, (m, h * w, k_labels))  # (M, h, w, K) -> (M, N, K)
-    queries = ops.reshape(query_feats, (h * w, c))  # (h, w, C) -> (N, C)
-    out = vote(feats, labels, queries, radius_mask, short_term, topk=topk,
-               temperature=temperature, joint_topk=joint_topk)  # (N, K)
-    if minmax:
-        out = minmax_normalize(out)
-    return ops.reshape(out, (h, w, k_labels))  # (N, K) -> (h, w, K)
-
-
 # ----------------------------------------------------------------------------------------------
 # Streaming over a video
 # ----------------------------------------------------------------------------------------------
@@ -225,6 +135,58 @@ def make_embed(encoder):
     def embed(frames):
         return encoder(tops.normalize_frames(frames), training=False)
     return embed
+
+
+ENCODER_CHOICES = "identity, random, or a path to a .weights.h5 / .keras file or a folder of them"
+
+
+def load_encoder(spec, depth=18, seed=0):
+    """An `embed` callable for propagation from a command-line encoder spec.
+
+    Args:
+      spec: "identity" -> None (the copy-the-first-frame baseline of PAPER.md's results table);
+        "random" -> a freshly initialised `ResNetEncoder(depth)` seeded with `seed`; a path to a
+        `.weights.h5` file (weights of `keras.Sequential([ResNetEncoder(depth)])` or of a
+        functional model wrapping only the encoder), a `.keras` file (a saved model or encoder
+        mapping normalised frames to features), or a folder holding one (the newest is used).
+      depth: 18 or 50, for "random" and `.weights.h5`.
+      seed: initialisation seed for "random".
+    Returns:
+      None or embed(frames_uint8 (B, H, W, 3)) -> (B, H/8, W/8, C).
+    Raises:
+      ValueError naming `spec` when it cannot be loaded.
+    """
+    from tc_keras.encoder import ResNetEncoder  # noqa: PLC0415 (keeps identity runs light)
+
+    if spec == "identity":
+        return None
+    if spec == "random":
+        keras.utils.set_random_seed(seed)
+        encoder = ResNetEncoder(depth=depth)
+        encoder(np.zeros((1, 64, 64, 3), np.float32))
+        return make_embed(encoder)
+    path = pathlib.Path(spec)
+    if path.is_dir():
+        found = sorted([*path.glob("*.keras"), *path.glob("*.weights.h5")],
+                       key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise ValueError(f"--encoder {spec}: folder has no .keras or .weights.h5 file")
+        path = found[-1]
+    if not path.is_file():
+        raise ValueError(f"--encoder {spec}: not 'identity', 'random' or an existing file/folder "
+                         f"(expected {ENCODER_CHOICES})")
+    try:
+        if path.name.endswith(".weights.h5"):
+            encoder = ResNetEncoder(depth=depth)
+            model = keras.Sequential([keras.Input((None, None, 3)), encoder])
+            model.load_weights(str(path))
+        elif path.suffix == ".keras":
+            encoder = keras.saving.load_model(str(path), compile=False)
+        else:
+            raise ValueError(f"unknown file type (expected {ENCODER_CHOICES})")
+    except (ValueError, OSError, KeyError, TypeError) as e:
+        raise ValueError(f"--encoder {path}: cannot load ({str(e).splitlines()[0]})") from None
+    return make_embed(encoder)
 
 
 class Propagator:
