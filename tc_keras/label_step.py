@@ -48,27 +48,25 @@ def vote(context_feats, context_labels, queries, allowed=None, short_term=None, 
     n = ops.shape(context_feats)[1]
     k_labels = ops.shape(context_labels)[-1]
     q = ops.shape(queries)[0]
-    logits = ops.einsum("qc,mnc->mqn", queries, context_feats) / temperature  # (M, Q, N)
+    logits = ops.einsum("qc,mnc->qmn", queries, context_feats) / temperature  # (Q, M, N)
     if allowed is not None:
         if short_term is None:
             short_term = ops.ones((m,), "bool")
-        blocked = ops.logical_and(ops.reshape(short_term, (-1, 1, 1)),
-                                  ops.logical_not(ops.expand_dims(allowed, 0)))  # (M, Q, N)
+        blocked = ops.logical_and(ops.reshape(short_term, (1, -1, 1)),
+                                  ops.logical_not(ops.expand_dims(allowed, 1)))  # (Q, M, N)
         logits = ops.where(blocked, ops.cast(MASKED_LOGIT, logits.dtype), logits)
     # (M, N, K) -> (M*N, K): labels addressed by a flat key index m*N + n
     flat_labels = ops.reshape(context_labels, (-1, k_labels))
     if joint_topk:
-        # (M, Q, N) -> (Q, M, N) -> (Q, M*N)
-        keys = ops.reshape(ops.transpose(logits, (1, 0, 2)), (q, -1))
-        values, index = ops.top_k(keys, topk)  # (Q, k)
+        values, index = ops.top_k(ops.reshape(logits, (q, -1)), topk)  # (Q, M*N) -> (Q, k)
         weights = ops.softmax(values, axis=-1)
         picked = ops.take(flat_labels, index, axis=0)  # (Q, k, K)
         return ops.einsum("qk,qkl->ql", weights, picked)
-    probs = ops.softmax(logits, axis=-1)  # (M, Q, N), each frame on its own
-    values, index = ops.top_k(probs, topk)  # (M, Q, k)
-    offset = ops.reshape(ops.arange(m, dtype=index.dtype) * ops.cast(n, index.dtype), (-1, 1, 1))
-    picked = ops.take(flat_labels, index + offset, axis=0)  # (M, Q, k, K)
-    return ops.mean(ops.einsum("mqk,mqkl->mql", values, picked), axis=0)
+    probs = ops.softmax(logits, axis=-1)  # (Q, M, N), each frame on its own
+    values, index = ops.top_k(probs, topk)  # (Q, M, k)
+    offset = ops.reshape(ops.arange(m, dtype=index.dtype) * ops.cast(n, index.dtype), (1, -1, 1))
+    picked = ops.take(flat_labels, index + offset, axis=0)  # (Q, M, k, K)
+    return ops.mean(ops.einsum("qmk,qmkl->qml", values, picked), axis=1)
 
 
 def minmax_normalize(labels, epsilon=1e-6):
