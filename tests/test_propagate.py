@@ -224,3 +224,28 @@ def test_context_buffers_stay_bounded():
     for _ in stream:
         frame_locals.append(stream.gi_frame.f_locals["feat_buf"].shape)
     assert set(frame_locals) == {(3, h * w, len(_PALETTE))}
+
+
+def test_load_encoder_specs(tmp_path):
+    assert P.load_encoder("identity") is None
+    frames = np.random.default_rng(0).integers(0, 256, (1, 32, 48, 3), dtype=np.uint8)
+    embed = P.load_encoder("random", 18, seed=1)
+    feats = np.asarray(embed(frames))
+    assert feats.shape == (1, 4, 6, 512)
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=-1), 1.0, atol=1e-4)
+    # Weights saved from keras.Sequential([encoder]) load back to the same features.
+    from tc_keras.encoder import ResNetEncoder
+    keras.utils.set_random_seed(1)
+    encoder = ResNetEncoder(depth=18)
+    model = keras.Sequential([keras.Input((None, None, 3)), encoder])
+    model.save_weights(tmp_path / "enc.weights.h5")
+    keras.utils.set_random_seed(7)  # a different init, overwritten by the loaded weights
+    loaded = P.load_encoder(str(tmp_path / "enc.weights.h5"), 18)
+    np.testing.assert_allclose(np.asarray(loaded(frames)),
+                               np.asarray(P.make_embed(encoder)(frames)), atol=1e-5)
+    assert P.load_encoder(str(tmp_path), 18) is not None  # a folder: its newest weights file
+    with pytest.raises(ValueError, match="nope.h5"):
+        P.load_encoder(str(tmp_path / "nope.h5"))
+    (tmp_path / "bad.weights.h5").write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match="bad.weights.h5"):
+        P.load_encoder(str(tmp_path / "bad.weights.h5"))
