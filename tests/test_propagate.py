@@ -249,3 +249,7 @@ def test_load_encoder_specs(tmp_path):
     (tmp_path / "bad.weights.h5").write_bytes(b"not hdf5")
     with pytest.raises(ValueError, match="bad.weights.h5"):
         P.load_encoder(str(tmp_path / "bad.weights.h5"))
+
+
+def test_default_preset_is_the_follow_up_protocol():
+    assert P.PRESETS["default"] == P.PRESETS["crw"] == P.PropagationConfig()
