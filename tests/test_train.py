@@ -124,8 +124,10 @@ def test_two_workers_train_together_and_agree(tmp_path):
     procs = []
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        # Synchronised BatchNorm, so that the moving statistics agree too (without it each worker
+        # keeps its own, as with per-GPU BatchNorm; the trained weights agree either way).
         cmd = train_cmd(workdir, "--train_steps=3", "--checkpoint_every=3", "--strategy=auto",
-                        "--batch_size=4", "--image_every=0")
+                        "--batch_size=4", "--image_every=0", "--sync_batchnorm")
         procs.append(subprocess.Popen(cmd, env=env(TF_CONFIG=tf_config), stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, text=True))
     errs = []
@@ -144,7 +146,7 @@ def test_two_workers_train_together_and_agree(tmp_path):
     init = keras.Sequential([keras.Input((None, None, 3)), type(chief.layers[0])(depth=18)])
     moved = False
     for a, b in zip(chief.get_weights(), other.get_weights()):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+        np.testing.assert_allclose(a, b, atol=1e-5)
     for a, c in zip(chief.get_weights(), init.get_weights()):
         moved |= a.shape == c.shape and not np.allclose(a, c)
     assert moved
