@@ -1,0 +1,148 @@
+"""Reading and writing labels for propagation and evaluation: mask PNGs, keypoint JSON, overlays.
+
+Masks are PNG files:
+- indexed (palette, PIL mode "P"): pixel values are object ids (0 = background); the palette is
+  kept so that outputs look like the input;
+- 8-bit grayscale (mode "L") with values 0 and 255 only (DAVIS-2016): one object; it is read as
+  id 1 and written back as 0/255 grayscale;
+- other grayscale PNGs: the values are object ids and are written back as grayscale.
+
+Keypoints JSON (the format of jhmdb-catch/joints.json): {"image_size": [W, H], "joint_names":
+[...], "joints": [[[x, y] * J] * T]} with x, y in pixels; null or NaN for a missing joint.
+
+Errors a user can cause raise `LabelError` (a ValueError) naming the file and what was expected.
+"""
+
+import dataclasses
+import json
+import math
+import pathlib
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+
+
+class LabelError(ValueError):
+    """A label file (mask PNG, keypoints JSON, results) that cannot be used; names the file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskFormat:
+    """How a mask PNG stores its ids: `palette` (768 ints) for indexed PNGs, `binary255` for 0/255
+    grayscale (object id 1 is stored as 255)."""
+
+    palette: Optional[tuple] = None
+    binary255: bool = False
+
+
+def read_mask(path):
+    """(H, W) uint8 object ids and the `MaskFormat` of a mask PNG (see the module docstring)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise LabelError(f"{path}: no such mask file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            palette = im.getpalette() if mode == "P" else None
+            ids = np.asarray(im)
+    except OSError as e:
+        raise LabelError(f"{path}: not a readable image ({e})") from None
+    if mode == "P":
+        return ids.astype(np.uint8), MaskFormat(palette=tuple(palette or ()))
+    if mode == "1":
+        return ids.astype(np.uint8), MaskFormat(binary255=True)
+    if mode != "L":
+        raise LabelError(f"{path}: a {mode} image; expected an indexed (palette) PNG with object "
+                         "ids or an 8-bit grayscale PNG (0 = background, 255 = object)")
+    values = np.unique(ids)
+    if values.max(initial=0) == 255 and set(values.tolist()) <= {0, 255}:
+        return (ids > 0).astype(np.uint8), MaskFormat(binary255=True)
+    return ids.astype(np.uint8), MaskFormat()
+
+
+def write_mask(path, ids, fmt):
+    """Writes (H, W) ids as a PNG in the same format as the input mask."""
+    ids = np.asarray(ids, np.uint8)
+    if fmt.binary255:
+        im = Image.fromarray(np.where(ids > 0, 255, 0).astype(np.uint8), mode="L")
+    elif fmt.palette:
+        im = Image.fromarray(ids, mode="P")
+        im.putpalette(list(fmt.palette))
+    else:
+        im = Image.fromarray(ids, mode="L")
+    im.save(path)
+
+
+def check_mask(path, ids, frame_size):
+    """Raises LabelError unless the mask has an object and the frames' (H, W) size."""
+    if ids.shape != tuple(frame_size):
+        raise LabelError(f"{path}: mask is {ids.shape[1]}x{ids.shape[0]} but the frames are "
+                         f"{frame_size[1]}x{frame_size[0]}; the first-frame mask must match")
+    if not np.any(ids):
+        raise LabelError(f"{path}: the mask has no object (every pixel is background 0)")
+
+
+def read_keypoints(path):
+    """(joints (T, J, 2) float64 with NaN for missing, metadata dict) from a keypoints JSON."""
+    path = pathlib.Path(path)
+    try:
+        data = json.loads(path.read_text())
+        joints = np.array([[[np.nan if v is None else v for v in xy] for xy in frame]
+                           for frame in data["joints"]], np.float64)
+    except FileNotFoundError:
+        raise LabelError(f"{path}: no such keypoints file") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LabelError(f"{path}: not a keypoints JSON with a 'joints' list of frames of [x, y] "
+                         f"pairs ({e})") from None
+    if joints.ndim != 3 or joints.shape[-1] != 2 or joints.shape[0] == 0:
+        raise LabelError(f"{path}: 'joints' must be T frames x J joints x [x, y], got shape "
+                         f"{joints.shape}")
+    meta = {k: v for k, v in data.items() if k != "joints"}
+    return joints, meta
+
+
+def keypoints_json(joints, meta):
+    """JSON text for (T, J, 2) joints in the input format (NaN written as null)."""
+    rows = [[[None if not math.isfinite(v) else round(float(v), 3) for v in xy] for xy in frame]
+            for frame in np.asarray(joints)]
+    return json.dumps({**meta, "joints": rows})
+
+
+# ----------------------------------------------------------------------------------- overlays
+
+# Colours for object ids when the mask has no palette (id 0 = background is never drawn).
+_DEFAULT_COLOURS = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25],
+                             [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240]],
+                            np.uint8)
+
+
+def colours(fmt, count=256):
+    """(count, 3) uint8 colour per id: the mask's palette, or a fixed table."""
+    if fmt.palette and len(fmt.palette) >= 6:
+        pal = np.zeros((count, 3), np.uint8)
+        given = np.asarray(fmt.palette, np.uint8).reshape(-1, 3)[:count]
+        pal[:len(given)] = given
+        return pal
+    return _DEFAULT_COLOURS[np.arange(count) % len(_DEFAULT_COLOURS)]
+
+
+def overlay_mask(frame, ids, fmt, alpha=0.5):
+    """uint8 (H, W, 3) frame with the objects of (H, W) `ids` blended in their colours."""
+    colour = colours(fmt)[ids].astype(np.float32)
+    blend = np.where((ids > 0)[..., None], (1 - alpha) * frame + alpha * colour, frame)
+    return np.clip(blend, 0, 255).astype(np.uint8)
+
+
+def overlay_keypoints(frame, joints, radius=3):
+    """uint8 (H, W, 3) frame with each (J, 2) joint drawn as a coloured disc."""
+    out = frame.copy()
+    h, w = out.shape[:2]
+    yy, xx = np.ogrid[:h, :w]
+    for j, (x, y) in enumerate(np.asarray(joints)):
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        disc = (xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2
+        out[disc] = _DEFAULT_COLOURS[1 + j % (len(_DEFAULT_COLOURS) - 1)]
+    return out

@@ -1,0 +1,396 @@
+"""Label propagation through a video by feature affinity (PAPER.md, "Inference: label propagation").
+
+Three layers, so that each can be reused or exported on its own:
+
+- `tc_keras.label_step` (`vote`, `propagate_step`, re-exported here): the pure label step. Given
+  the features and (soft) labels of M context frames and the features of a query frame, each
+  query position takes the top-k most similar context positions and averages their labels.
+  `keras.ops` only, batched, fixed-rank, no data-dependent Python control flow, so it can be
+  traced into a SavedModel / TFLite signature.
+- `Propagator`: streams frames (generator in, generator out), embeds each frame once with any
+  callable `embed(frames_uint8 (B, H, W, 3)) -> (B, h, w, C)` (L2-normalised), keeps only the
+  context (first frame + N previous) in a fixed-size ring buffer, so memory does not grow with
+  the length of the video, and feeds its own soft predictions back as context (recurrent).
+- `propagate_mask` / `propagate_keypoints`: label encodings (one-hot masks with object ids,
+  Gaussian keypoint heatmaps) and their decoding at frame resolution.
+
+Shape legend: B batch, M context frames, H W frame size, h w feature size (stride 8), N = h*w,
+Q query positions, C channels, K label channels, J joints.
+"""
+
+import dataclasses
+import pathlib
+from typing import Optional
+
+import keras
+import numpy as np
+from keras import ops
+
+from tc_keras import ops as tops
+from tc_keras.label_step import (MASKED_LOGIT, minmax_normalize, propagate_step,  # noqa: F401
+                                 radius_mask, vote)
+
+# Total stride of the encoder (PAPER.md, "encoder phi").
+FEATURE_STRIDE = 8
+# Keypoint heatmaps: Gaussian sigma in feature cells, and the number of top locations whose
+# weighted mean gives the keypoint back (PAPER.md, "Inference: label propagation").
+KEYPOINT_SIGMA = 0.5
+KEYPOINT_TOPK = 3
+# Upper bound on the number of logits (M * Q * N) computed at once; bounds the step's memory.
+MAX_LOGITS = 2 ** 25
+
+
+@dataclasses.dataclass(frozen=True)
+class PropagationConfig:
+    """How labels are propagated. Use `PRESETS` for the published protocols.
+
+    Attributes:
+      size: input size in pixels. With `square`, frames are resized to size x size; otherwise the
+        short side is resized to `size` keeping the aspect ratio. None = native resolution. Either
+        way each side is rounded to a multiple of 8 (the feature stride).
+      square: resize to a square (paper protocol) instead of keeping the aspect ratio.
+      context: number of previous frames used as context besides the first frame (M = 1 + context).
+        At the start the context is padded with copies of the first frame.
+      radius: short-term frames (all but the first) only match keys within this distance in
+        feature cells of the query position; None = unrestricted. The first frame is unrestricted.
+      topk: number of context positions each query position takes its label from.
+      temperature: softmax temperature on cosine similarities.
+      joint_topk: True: top-k over all keys of all context frames jointly, softmax over those k
+        (follow-up protocol). False: per context frame, softmax over all of its positions, keep
+        that frame's top-k probabilities, average the frames' votes (paper protocol).
+      minmax: min-max normalise each label channel over the frame after voting (paper protocol).
+    """
+
+    size: Optional[int] = None
+    square: bool = False
+    context: int = 20
+    radius: Optional[float] = 12.0
+    topk: int = 10
+    temperature: float = 0.05
+    joint_topk: bool = True
+    minmax: bool = False
+
+    def __post_init__(self):
+        if self.size is not None and self.size < FEATURE_STRIDE:
+            raise ValueError(f"size must be None or at least {FEATURE_STRIDE} px, got {self.size}")
+        if self.square and self.size is None:
+            raise ValueError("square=True needs a size")
+        if self.context < 0:
+            raise ValueError(f"context must be >= 0 previous frames, got {self.context}")
+        if self.radius is not None and self.radius < 0:
+            raise ValueError(f"radius must be None or >= 0 feature cells, got {self.radius}")
+        if self.topk < 1:
+            raise ValueError(f"topk must be >= 1, got {self.topk}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+
+PRESETS = {
+    # PAPER.md reference protocol: square 320, first + 7 previous, per-frame top-5 of a softmax
+    # per reference frame, votes averaged, min-max normalised per class. The protocol gives no
+    # temperature of its own; we use the training affinity's T = 512**-0.5 (PAPER.md, "affinity f").
+    "paper": PropagationConfig(size=320, square=True, context=7, radius=None, topk=5,
+                               temperature=512 ** -0.5, joint_topk=False, minmax=True),
+    # PAPER.md follow-up (Contrastive Random Walk): native resolution, first + 20 previous,
+    # radius 12 cells, joint top-10, temperature 0.05-0.07 (0.05 here).
+    "crw": PropagationConfig(size=None, square=False, context=20, radius=12.0, topk=10,
+                             temperature=0.05, joint_topk=True, minmax=False),
+    # Default = the follow-up protocol. On davis2016-dev with a random-init ResNet-18 (the only
+    # learned-feature signal available when this was chosen; at --size 240 to fit a 2-core CPU)
+    # J&F-Mean was: crw 0.370 > crw with context 10 0.340 > paper 0.304 (identity copy 0.252).
+    # Random features carry little signal, so this mainly confirms that the stronger published
+    # protocol is not worse here; re-check with trained weights.
+    "default": PropagationConfig(),
+}
+
+
+def model_size(height, width, config):
+    """(height, width) of the frames given to the encoder: multiples of the feature stride."""
+    if config.square:
+        h = w = config.size
+    elif config.size is None:
+        h, w = height, width
+    else:
+        scale = config.size / min(height, width)
+        h, w = height * scale, width * scale
+    s = FEATURE_STRIDE
+    return max(s, int(round(h / s)) * s), max(s, int(round(w / s)) * s)
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming over a video
+# ----------------------------------------------------------------------------------------------
+
+def resize_frame(frame, height, width):
+    """uint8 (H, W, 3) -> uint8 (height, width, 3), bilinear with antialiasing when shrinking."""
+    if frame.shape[:2] == (height, width):
+        return frame
+    x = ops.image.resize(ops.cast(frame[None], "float32"), (height, width),
+                         interpolation="bilinear", antialias=True)
+    return np.clip(np.round(ops.convert_to_numpy(x[0])), 0, 255).astype(np.uint8)
+
+
+def make_embed(encoder):
+    """embed(frames_uint8 (B, H, W, 3)) -> (B, H/8, W/8, C) from an encoder on normalised frames."""
+    def embed(frames):
+        return encoder(tops.normalize_frames(frames), training=False)
+    return embed
+
+
+ENCODER_CHOICES = "identity, random, or a path to a .weights.h5 / .keras file or a folder of them"
+
+
+def load_encoder(spec, depth=18, seed=0):
+    """An `embed` callable for propagation from a command-line encoder spec.
+
+    Args:
+      spec: "identity" -> None (the copy-the-first-frame baseline of PAPER.md's results table);
+        "random" -> a freshly initialised `ResNetEncoder(depth)` seeded with `seed`; a path to a
+        `.weights.h5` file (weights of `keras.Sequential([ResNetEncoder(depth)])` or of a
+        functional model wrapping only the encoder), a `.keras` file (a saved model or encoder
+        mapping normalised frames to features), or a folder holding one (the newest is used).
+      depth: 18 or 50, for "random" and `.weights.h5`.
+      seed: initialisation seed for "random".
+    Returns:
+      None or embed(frames_uint8 (B, H, W, 3)) -> (B, H/8, W/8, C).
+    Raises:
+      ValueError naming `spec` when it cannot be loaded.
+    """
+    from tc_keras.encoder import ResNetEncoder  # noqa: PLC0415 (keeps identity runs light)
+
+    if spec == "identity":
+        return None
+    if spec == "random":
+        keras.utils.set_random_seed(seed)
+        encoder = ResNetEncoder(depth=depth)
+        encoder(np.zeros((1, 64, 64, 3), np.float32))
+        return make_embed(encoder)
+    path = pathlib.Path(spec)
+    if path.is_dir():
+        found = sorted([*path.glob("*.keras"), *path.glob("*.weights.h5")],
+                       key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise ValueError(f"--encoder {spec}: folder has no .keras or .weights.h5 file")
+        path = found[-1]
+    if not path.is_file():
+        raise ValueError(f"--encoder {spec}: not 'identity', 'random' or an existing file/folder "
+                         f"(expected {ENCODER_CHOICES})")
+    try:
+        if path.name.endswith(".weights.h5"):
+            encoder = ResNetEncoder(depth=depth)
+            model = keras.Sequential([keras.Input((None, None, 3)), encoder])
+            model.load_weights(str(path))
+        elif path.suffix == ".keras":
+            encoder = keras.saving.load_model(str(path), compile=False)
+        else:
+            raise ValueError(f"unknown file type (expected {ENCODER_CHOICES})")
+    except (ValueError, OSError, KeyError, TypeError) as e:
+        raise ValueError(f"--encoder {path}: cannot load ({str(e).splitlines()[0]})") from None
+    return make_embed(encoder)
+
+
+class Propagator:
+    """Streams soft labels through a video: frames in, (frame, labels) out, one at a time.
+
+    Args:
+      embed: callable, uint8 frames (B, H', W', 3) at the model size -> (B, h, w, C) L2-normalised
+        features, h = H'/8, w = W'/8.
+      config: a `PropagationConfig`.
+
+    Only the first frame and the `config.context` most recent frames (features and labels) are
+    kept, in fixed-size buffers: memory does not grow with the video length.
+    """
+
+    def __init__(self, embed, config=PRESETS["default"]):
+        self.embed = embed
+        self.config = config
+
+    def feature_size(self, height, width):
+        mh, mw = model_size(height, width, self.config)
+        return mh // FEATURE_STRIDE, mw // FEATURE_STRIDE
+
+    def _features(self, frame):
+        mh, mw = model_size(frame.shape[0], frame.shape[1], self.config)
+        feats = self.embed(resize_frame(frame, mh, mw)[None])
+        feats = np.asarray(ops.convert_to_numpy(feats), np.float32)[0]
+        expected = (mh // FEATURE_STRIDE, mw // FEATURE_STRIDE)
+        if feats.shape[:2] != expected:
+            raise ValueError(f"embed returned features {feats.shape[:2]} for a {mh}x{mw} frame; "
+                             f"expected {expected} (stride {FEATURE_STRIDE})")
+        return feats  # (h, w, C)
+
+    def _step(self, feats, labels, query, allowed, short_term):
+        """Chunked `vote` over query positions: (M, N, C), (M, N, K), (N, C) -> (N, K)."""
+        m, n, _ = feats.shape
+        chunk = max(1, MAX_LOGITS // (m * n))
+        feats_t = ops.convert_to_tensor(feats)
+        labels_t = ops.convert_to_tensor(labels)
+        short_t = ops.convert_to_tensor(short_term)
+        out = []
+        for start in range(0, n, chunk):
+            rows = None if allowed is None else ops.convert_to_tensor(allowed[start:start + chunk])
+            out.append(ops.convert_to_numpy(vote(
+                feats_t, labels_t, ops.convert_to_tensor(query[start:start + chunk]), rows,
+                short_t, topk=min(self.config.topk, n), temperature=self.config.temperature,
+                joint_topk=self.config.joint_topk)))
+        out = np.concatenate(out, 0)
+        if self.config.minmax:
+            out = ops.convert_to_numpy(minmax_normalize(out))
+        return out
+
+    def run(self, frames, first_labels):
+        """Yields (frame, labels (h, w, K) float32) for every frame, the first included.
+
+        Args:
+          frames: iterable of uint8 (H, W, 3) frames, all of one size.
+          first_labels: (h, w, K) labels of the first frame at the feature size
+            (`feature_size(H, W)`).
+        """
+        it = iter(frames)
+        first = next(it, None)
+        if first is None:
+            raise ValueError("the video has no frames")
+        h, w = self.feature_size(*first.shape[:2])
+        first_labels = np.asarray(first_labels, np.float32)
+        if first_labels.shape[:2] != (h, w):
+            raise ValueError(f"first-frame labels are {first_labels.shape[:2]}, expected the "
+                             f"feature size {(h, w)}")
+        feats0 = self._features(first).reshape(h * w, -1)  # (h, w, C) -> (N, C)
+        m = 1 + self.config.context
+        # Context padded with copies of the first frame (PAPER.md); slot 0 is the first frame.
+        feat_buf = np.repeat(feats0[None], m, axis=0)  # (M, N, C)
+        label_buf = np.repeat(first_labels.reshape(1, h * w, -1), m, axis=0)  # (M, N, K)
+        short_term = np.arange(m) > 0
+        allowed = None if self.config.radius is None else radius_mask(h, w, self.config.radius)
+        yield first, first_labels
+        for t, frame in enumerate(it, start=1):
+            if frame.shape != first.shape:
+                raise ValueError(f"frame {t} is {frame.shape}, the first frame {first.shape}")
+            query = self._features(frame).reshape(h * w, -1)  # (N, C)
+            pred = self._step(feat_buf, label_buf, query, allowed, short_term)  # (N, K)
+            yield frame, pred.reshape(h, w, -1)
+            if self.config.context:
+                slot = (t - 1) % self.config.context + 1
+                feat_buf[slot] = query
+                label_buf[slot] = pred
+
+
+def _peek(frames):
+    it = iter(frames)
+    first = next(it, None)
+    if first is None:
+        raise ValueError("the video has no frames")
+    return first, it
+
+
+def _same_size(first, frames):
+    """Yields `frames`, checking each has the first frame's shape (identity baseline)."""
+    for t, frame in enumerate(frames, start=1):
+        if frame.shape != first.shape:
+            raise ValueError(f"frame {t} is {frame.shape}, the first frame {first.shape}")
+        yield frame
+
+
+def propagate_mask(frames, first_mask, embed, config=PRESETS["default"]):
+    """Propagates an object mask through a video.
+
+    Args:
+      frames: iterable of uint8 (H, W, 3) frames.
+      first_mask: (H, W) integer object ids of the first frame (0 = background).
+      embed: see `Propagator`; None gives the "identity" baseline (copy the first mask).
+      config: a `PropagationConfig`.
+    Yields:
+      (frame, (H, W) mask with the ids of `first_mask`) for every frame, the first included.
+    """
+    first, rest = _peek(frames)
+    first_mask = np.asarray(first_mask)
+    if first_mask.shape != first.shape[:2]:
+        raise ValueError(f"mask is {first_mask.shape[1]}x{first_mask.shape[0]} but frames are "
+                         f"{first.shape[1]}x{first.shape[0]}")
+    ids = np.unique(first_mask)
+    if not np.any(ids != 0):
+        raise ValueError("the first-frame mask has no object (all background)")
+    if embed is None:
+        yield first, first_mask
+        for frame in _same_size(first, rest):
+            yield frame, first_mask
+        return
+    ids = np.union1d(ids, [0]).astype(first_mask.dtype)
+    onehot = (first_mask[..., None] == ids).astype(np.float32)  # (H, W, K)
+    prop = Propagator(embed, config)
+    h, w = prop.feature_size(*first.shape[:2])
+    labels0 = ops.convert_to_numpy(ops.image.resize(onehot[None], (h, w), interpolation="area"))[0]
+    height, width = first_mask.shape
+    stream = prop.run(_chain(first, rest), labels0)
+    next(stream)
+    yield first, first_mask
+    for frame, soft in stream:
+        up = ops.image.resize(soft[None], (height, width), interpolation="bilinear")[0]
+        yield frame, ids[ops.convert_to_numpy(ops.argmax(up, axis=-1))]
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def keypoint_heatmaps(joints, image_size, feature_size, sigma=KEYPOINT_SIGMA):
+    """(J, 2) pixel (x, y) joints of an (H, W) image -> (h, w, J) Gaussian heatmaps.
+
+    Feature cell (i, j) is centred on pixel ((j + 0.5) * W / w, (i + 0.5) * H / h); sigma is in
+    feature cells. A joint with a NaN coordinate gets an all-zero map.
+    """
+    (height, width), (h, w) = image_size, feature_size
+    joints = np.asarray(joints, np.float64)
+    fx = joints[:, 0] * w / width - 0.5  # (J,)
+    fy = joints[:, 1] * h / height - 0.5
+    gy, gx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    d2 = (gx[..., None] - fx) ** 2 + (gy[..., None] - fy) ** 2  # (h, w, J)
+    maps = np.exp(-d2 / (2.0 * sigma ** 2))
+    return np.nan_to_num(maps, nan=0.0).astype(np.float32)
+
+
+def decode_keypoints(heatmaps, image_size, topk=KEYPOINT_TOPK):
+    """(h, w, J) heatmaps -> (J, 2) pixel (x, y): weighted mean of each map's top-k cells."""
+    (height, width) = image_size
+    h, w, j = heatmaps.shape
+    flat = np.asarray(heatmaps, np.float64).reshape(h * w, j).T  # (h, w, J) -> (J, N)
+    index = np.argsort(-flat, axis=1)[:, :topk]  # (J, k)
+    weights = np.maximum(np.take_along_axis(flat, index, axis=1), 0.0) + 1e-12
+    fx = (index % w + 0.5) * width / w
+    fy = (index // w + 0.5) * height / h
+    total = weights.sum(1)
+    return np.stack([(weights * fx).sum(1) / total, (weights * fy).sum(1) / total], -1)
+
+
+def propagate_keypoints(frames, first_joints, embed, config=PRESETS["default"]):
+    """Propagates keypoints as Gaussian heatmaps.
+
+    Args:
+      frames: iterable of uint8 (H, W, 3) frames.
+      first_joints: (J, 2) pixel (x, y) joints of the first frame; NaN = not annotated.
+      embed: see `Propagator`; None gives the identity baseline (copy the first joints).
+      config: a `PropagationConfig`.
+    Yields:
+      (frame, (J, 2) joints in pixels) for every frame, the first included; joints that were NaN
+      in the first frame stay NaN.
+    """
+    first, rest = _peek(frames)
+    first_joints = np.asarray(first_joints, np.float64)
+    missing = np.any(~np.isfinite(first_joints), axis=-1)
+    if embed is None:
+        yield first, first_joints
+        for frame in _same_size(first, rest):
+            yield frame, first_joints
+        return
+    prop = Propagator(embed, config)
+    size = first.shape[:2]
+    feature_size = prop.feature_size(*size)
+    maps = keypoint_heatmaps(first_joints, size, feature_size)
+    stream = prop.run(_chain(first, rest), maps)
+    next(stream)
+    yield first, first_joints
+    for frame, soft in stream:
+        joints = decode_keypoints(soft, size)
+        joints[missing] = np.nan
+        yield frame, joints

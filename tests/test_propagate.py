@@ -1,0 +1,255 @@
+"""tc_keras.propagate: the label step against a float64 NumPy reference, and exact propagation of
+masks and keypoints through a generated video with features that make nearest neighbours exact."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from tc_keras import metrics
+from tc_keras import propagate as P
+
+CELL = P.FEATURE_STRIDE
+
+
+# ---------------------------------------------------------------------------------- references
+
+def np_vote(feats, labels, queries, allowed, short_term, topk, temperature, joint):
+    """Float64 loop reference of `vote`."""
+    m, n, _ = feats.shape
+    out = np.zeros((len(queries), labels.shape[-1]))
+    for q, query in enumerate(queries):
+        logits = feats @ query / temperature  # (M, N)
+        if allowed is not None:
+            for f in range(m):
+                if short_term[f]:
+                    logits[f, ~allowed[q]] = P.MASKED_LOGIT
+        if joint:
+            flat = logits.ravel()
+            idx = np.argsort(-flat, kind="stable")[:topk]
+            wts = np.exp(flat[idx] - flat[idx].max())
+            wts /= wts.sum()
+            out[q] = wts @ labels.reshape(m * n, -1)[idx]
+        else:
+            for f in range(m):
+                p = np.exp(logits[f] - logits[f].max())
+                p /= p.sum()
+                idx = np.argsort(-p, kind="stable")[:topk]
+                out[q] += p[idx] @ labels[f, idx] / m
+    return out
+
+
+def random_unit(rng, *shape):
+    x = rng.normal(size=shape)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("joint", [True, False])
+@pytest.mark.parametrize("radius", [None, 1.5])
+def test_vote_matches_float64_reference(joint, radius):
+    rng = np.random.default_rng(0)
+    h, w, m, c, k = 4, 5, 3, 8, 3
+    feats = random_unit(rng, m, h * w, c)
+    labels = rng.uniform(size=(m, h * w, k))
+    queries = random_unit(rng, h * w, c)
+    allowed = None if radius is None else P.radius_mask(h, w, radius)
+    short = np.array([False, True, True])
+    got = P.vote(feats.astype("float32"), labels.astype("float32"), queries.astype("float32"),
+                 allowed, short, topk=4, temperature=0.1, joint_topk=joint)
+    want = np_vote(feats, labels, queries, allowed, short, 4, 0.1, joint)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+
+
+def test_radius_mask_counts():
+    mask = P.radius_mask(5, 5, 1)
+    assert mask.shape == (25, 25)
+    assert mask[12].sum() == 5        # centre: itself + 4 neighbours
+    assert mask[0].sum() == 3         # corner
+    assert P.radius_mask(5, 5, 0).sum() == 25
+
+
+def test_propagate_step_shapes_and_minmax():
+    rng = np.random.default_rng(1)
+    feats = random_unit(rng, 3, 4, 6, 8).astype("float32")
+    labels = rng.uniform(size=(3, 4, 6, 2)).astype("float32")
+    query = random_unit(rng, 4, 6, 8).astype("float32")
+    out = np.asarray(P.propagate_step(feats, labels, query, topk=3, temperature=0.1,
+                                      radius_mask=P.radius_mask(4, 6, 2.0),
+                                      short_term=np.array([False, True, True]), minmax=True))
+    assert out.shape == (4, 6, 2)
+    np.testing.assert_allclose(out.reshape(-1, 2).min(0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(out.reshape(-1, 2).max(0), 1.0, atol=1e-6)
+
+
+def test_model_size_and_presets():
+    assert P.model_size(480, 854, P.PRESETS["crw"]) == (480, 856)
+    assert P.model_size(480, 854, P.PRESETS["paper"]) == (320, 320)
+    assert P.model_size(240, 320, dataclasses.replace(P.PRESETS["crw"], size=120)) == (120, 160)
+    paper = P.PRESETS["paper"]
+    assert (paper.context, paper.topk, paper.joint_topk, paper.minmax) == (7, 5, False, True)
+    crw = P.PRESETS["crw"]
+    assert (crw.context, crw.radius, crw.topk, crw.joint_topk) == (20, 12.0, 10, True)
+    with pytest.raises(ValueError, match="topk"):
+        P.PropagationConfig(topk=0)
+    with pytest.raises(ValueError, match="square"):
+        P.PropagationConfig(square=True)
+
+
+def test_keypoint_heatmaps_round_trip():
+    joints = np.array([[20.0, 12.0], [44.0, 36.0], [np.nan, np.nan]])
+    maps = P.keypoint_heatmaps(joints, (48, 64), (6, 8))
+    assert maps.shape == (6, 8, 3)
+    assert not maps[..., 2].any()
+    back = P.decode_keypoints(maps[..., :2], (48, 64))
+    # Joints at cell centres: the top-3 weighted mean is within a fraction of a cell.
+    np.testing.assert_allclose(back, joints[:2], atol=0.3 * CELL)
+
+
+# ---------------------------------------------------------------------- exact synthetic video
+
+# Cell codes: 0 = background; 1..9 = the 3x3 cells of the object. Each code has its own colour.
+_PALETTE = np.array([[30, 30, 30], [250, 0, 0], [0, 250, 0], [0, 0, 250], [250, 250, 0],
+                     [250, 0, 250], [0, 250, 250], [250, 130, 0], [130, 0, 250], [250, 250, 250]],
+                    np.uint8)
+
+
+def synthetic_video(frames=5, size=64, step=(0, 1)):
+    """A 3x3-cell object with one colour per cell, moving `step` cells per frame over a plain
+    background; returns uint8 frames (T, H, W, 3) and masks (T, H, W) (1 = object)."""
+    video = np.empty((frames, size, size, 3), np.uint8)
+    masks = np.zeros((frames, size, size), np.uint8)
+    for t in range(frames):
+        codes = np.zeros((size // CELL, size // CELL), np.int64)
+        y, x = 1 + t * step[0], 1 + t * step[1]
+        codes[y:y + 3, x:x + 3] = np.arange(1, 10).reshape(3, 3)
+        pixels = np.kron(codes, np.ones((CELL, CELL), np.int64))
+        video[t] = _PALETTE[pixels]
+        masks[t] = pixels > 0
+    return video, masks
+
+
+def ideal(mask):
+    """What a perfect propagation gives: the true mask at cell resolution, bilinearly upsampled
+    and thresholded (object corners are rounded off by the upsampling)."""
+    h, w = mask.shape
+    cells = mask.reshape(h // CELL, CELL, w // CELL, CELL).mean((1, 3)).astype(np.float32)
+    up = keras.ops.image.resize(cells[None, ..., None], (h, w), interpolation="bilinear")
+    return (np.asarray(up)[0, ..., 0] > 0.5).astype(mask.dtype)
+
+
+def code_embed(frames):
+    """Cell colour -> one-hot code: nearest neighbours are exact on `synthetic_video`."""
+    frames = np.asarray(frames, np.float32)
+    b, h, w, _ = frames.shape
+    # (B, H, W, 3) -> (B, h, 8, w, 8, 3) -> cell means (B, h, w, 3)
+    cells = frames.reshape(b, h // CELL, CELL, w // CELL, CELL, 3).mean((2, 4))
+    d = np.linalg.norm(cells[..., None, :] - _PALETTE.astype(np.float32), axis=-1)
+    return np.eye(len(_PALETTE), dtype=np.float32)[np.argmin(d, -1)]
+
+
+@pytest.mark.parametrize("preset", ["default", "paper_native", "crw_small_radius"])
+def test_mask_propagation_is_exact_on_translating_object(preset):
+    video, masks = synthetic_video(step=(1, 1) if preset == "crw_small_radius" else (0, 1))
+    config = {
+        "default": P.PRESETS["default"],
+        # The paper's matching rule at native size (the square 320 resize would blur the cells).
+        "paper_native": dataclasses.replace(P.PRESETS["paper"], size=None, square=False),
+        # A radius just large enough for the diagonal motion of one cell per frame.
+        "crw_small_radius": dataclasses.replace(P.PRESETS["crw"], radius=1.5, context=3),
+    }[preset]
+    out = list(P.propagate_mask(iter(video), masks[0], code_embed, config))
+    assert len(out) == len(video)
+    for t, (frame, pred) in enumerate(out):
+        assert frame is video[t] or np.array_equal(frame, video[t])
+        want = masks[t] if t == 0 else ideal(masks[t])
+        np.testing.assert_array_equal(pred, want, err_msg=f"frame {t}")
+        assert metrics.iou(pred == 1, masks[t] == 1) > 0.95
+
+
+def test_mask_propagation_keeps_object_ids_and_chunking_is_invisible(monkeypatch):
+    video, masks = synthetic_video(frames=4)
+    first = masks[0].astype(np.uint8) * 7  # object id 7
+    whole = [m for _, m in P.propagate_mask(video, first, code_embed)]
+    monkeypatch.setattr(P, "MAX_LOGITS", 50)  # forces many query chunks
+    chunked = [m for _, m in P.propagate_mask(video, first, code_embed)]
+    for t in range(4):
+        assert set(np.unique(whole[t])) == {0, 7}
+        np.testing.assert_array_equal(whole[t], chunked[t])
+        want = masks[t] if t == 0 else ideal(masks[t])
+        np.testing.assert_array_equal(whole[t] == 7, want == 1)
+
+
+def test_identity_baseline_copies_the_first_mask():
+    video, masks = synthetic_video(frames=3)
+    out = [m for _, m in P.propagate_mask(video, masks[0], None)]
+    for m in out:
+        np.testing.assert_array_equal(m, masks[0])
+
+
+def test_keypoint_propagation_follows_the_object():
+    video, _ = synthetic_video(frames=5)
+    # Joints at the centres of object cells (1, 1) and (3, 2) (cell coordinates y, x).
+    joints0 = np.array([[1.5 * CELL, 1.5 * CELL], [2.5 * CELL, 3.5 * CELL], [np.nan, np.nan]])
+    out = [j for _, j in P.propagate_keypoints(video, joints0, code_embed)]
+    for t, joints in enumerate(out):
+        want = joints0 + [t * CELL, 0]
+        np.testing.assert_allclose(joints[:2], want[:2], atol=0.25 * CELL)
+        assert np.isnan(joints[2]).all()
+
+
+def test_bad_inputs_raise_clear_errors():
+    video, masks = synthetic_video(frames=2)
+    with pytest.raises(ValueError, match="no object"):
+        list(P.propagate_mask(video, np.zeros_like(masks[0]), code_embed))
+    with pytest.raises(ValueError, match="mask is 32x64"):
+        list(P.propagate_mask(video, masks[0][:, :32], code_embed))
+    with pytest.raises(ValueError, match="no frames"):
+        list(P.propagate_mask(iter([]), masks[0], code_embed))
+    mixed = [video[0], video[1][:32]]
+    with pytest.raises(ValueError, match="frame 1"):
+        list(P.propagate_mask(mixed, masks[0], code_embed))
+
+
+def test_context_buffers_stay_bounded():
+    """Only first + `context` frames are kept: the buffers never grow with the video."""
+    video, masks = synthetic_video(frames=5)
+    config = dataclasses.replace(P.PRESETS["default"], context=2)
+    prop = P.Propagator(code_embed, config)
+    h, w = prop.feature_size(64, 64)
+    onehot = np.stack([masks[0] == 0, masks[0] == 1], -1).astype(np.float32)
+    labels0 = onehot.reshape(h, CELL, w, CELL, 2).mean((1, 3))
+    stream = prop.run(iter(video), labels0)
+    frame_locals = []
+    for _ in stream:
+        frame_locals.append(stream.gi_frame.f_locals["feat_buf"].shape)
+    assert set(frame_locals) == {(3, h * w, len(_PALETTE))}
+
+
+def test_load_encoder_specs(tmp_path):
+    assert P.load_encoder("identity") is None
+    frames = np.random.default_rng(0).integers(0, 256, (1, 32, 48, 3), dtype=np.uint8)
+    embed = P.load_encoder("random", 18, seed=1)
+    feats = np.asarray(embed(frames))
+    assert feats.shape == (1, 4, 6, 512)
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=-1), 1.0, atol=1e-4)
+    # Weights saved from keras.Sequential([encoder]) load back to the same features.
+    from tc_keras.encoder import ResNetEncoder
+    keras.utils.set_random_seed(1)
+    encoder = ResNetEncoder(depth=18)
+    model = keras.Sequential([keras.Input((None, None, 3)), encoder])
+    model.save_weights(tmp_path / "enc.weights.h5")
+    keras.utils.set_random_seed(7)  # a different init, overwritten by the loaded weights
+    loaded = P.load_encoder(str(tmp_path / "enc.weights.h5"), 18)
+    np.testing.assert_allclose(np.asarray(loaded(frames)),
+                               np.asarray(P.make_embed(encoder)(frames)), atol=1e-5)
+    assert P.load_encoder(str(tmp_path), 18) is not None  # a folder: its newest weights file
+    with pytest.raises(ValueError, match="nope.h5"):
+        P.load_encoder(str(tmp_path / "nope.h5"))
+    (tmp_path / "bad.weights.h5").write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match="bad.weights.h5"):
+        P.load_encoder(str(tmp_path / "bad.weights.h5"))
+
+
+def test_default_preset_is_the_follow_up_protocol():
+    assert P.PRESETS["default"] == P.PRESETS["crw"] == P.PropagationConfig()

@@ -1,0 +1,160 @@
+"""tools/propagate.py and tools/evaluate.py end to end, as a user runs them (subprocesses)."""
+
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tc_keras import label_io
+from tc_keras.data import synthetic
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run_tool(tool, *args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, str(ROOT / "tools" / tool), *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def write_frames(folder, frames):
+    folder.mkdir(parents=True)
+    for t, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{t:05d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """A 5-frame 64x64 synthetic clip with two objects: frame folder + palette first mask."""
+    root = tmp_path_factory.mktemp("clip")
+    frames, masks = synthetic.render_video(3, frames=5, size=(64, 64), num_objects=(2, 2))
+    write_frames(root / "frames", frames)
+    synthetic.save_mask(root / "mask.png", masks[0])
+    return root, frames, masks
+
+
+# TensorFlow's C++ start-up log lines, which no environment variable silences under TF 2.21.
+_TF_NOISE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} )")
+
+
+def assert_user_error(result, *names):
+    assert result.returncode == 1, result.stderr
+    lines = [ln for ln in result.stderr.strip().splitlines() if not _TF_NOISE.match(ln)]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert "Traceback" not in result.stderr
+    for name in names:
+        assert str(name) in lines[0], lines[0]
+
+
+def test_mask_run_keeps_palette_and_size(clip, tmp_path):
+    root, frames, masks = clip
+    out = tmp_path / "out"
+    result = run_tool("propagate.py", "--video", root / "frames", "--labels", root / "mask.png",
+                      "--out", out, "--encoder", "random", "--depth", "18")
+    assert result.returncode == 0, result.stderr
+    with Image.open(root / "mask.png") as im:
+        palette = im.getpalette()
+    ids0 = set(np.unique(masks[0]).tolist())
+    for t in range(len(frames)):
+        with Image.open(out / f"{t:05d}.png") as im:
+            assert im.mode == "P" and im.size == (64, 64)
+            assert im.getpalette() == palette
+            assert set(np.unique(np.asarray(im)).tolist()) <= ids0
+    assert (out / "overlay.mp4").stat().st_size > 0
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_grayscale_mask_stays_0_255_and_evaluates(clip, tmp_path):
+    root, frames, masks = clip
+    # A tiny DAVIS layout with one 0/255 object.
+    davis = tmp_path / "davis"
+    write_frames(davis / "JPEGImages" / "480p" / "seq", frames)
+    ann = davis / "Annotations" / "480p" / "seq"
+    ann.mkdir(parents=True)
+    for t, m in enumerate(masks):
+        Image.fromarray(np.where(m == 1, 255, 0).astype(np.uint8), mode="L").save(
+            ann / f"{t:05d}.png")
+    results = tmp_path / "results"
+    result = run_tool("propagate.py", "--davis_root", davis, "--out", results,
+                      "--encoder", "identity")
+    assert result.returncode == 0, result.stderr
+    with Image.open(results / "seq" / "00003.png") as im:
+        assert im.mode == "L"
+        assert set(np.unique(np.asarray(im)).tolist()) <= {0, 255}
+    result = run_tool("evaluate.py", "--davis_root", davis, "--results", results)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((results / "davis_metrics.json").read_text())
+    assert 0.0 <= summary["J-Mean"] <= 1.0 and "J&F-Mean" in result.stdout
+    # A missing result frame is an error naming it.
+    (results / "seq" / "00002.png").unlink()
+    result = run_tool("evaluate.py", "--davis_root", davis, "--results", results)
+    assert_user_error(result, results / "seq" / "00002.png")
+
+
+def test_keypoints_run_and_pck(clip, tmp_path):
+    root, frames, _ = clip
+    gt = np.tile(np.array([[[20.0, 20.0], [40.0, 30.0]]]), (len(frames), 1, 1))
+    joints = tmp_path / "joints.json"
+    joints.write_text(label_io.keypoints_json(gt, {"joint_names": ["a", "b"],
+                                                   "image_size": [64, 64]}))
+    out = tmp_path / "kp"
+    result = run_tool("propagate.py", "--video", root / "frames", "--labels", joints,
+                      "--out", out, "--encoder", "identity")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "00004.json").read_text())["joint_names"] == ["a", "b"]
+    result = run_tool("evaluate.py", "--jhmdb_joints", joints, "--results", out)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "pck_metrics.json").read_text())["PCK@0.1"] == 1.0
+
+
+@pytest.mark.parametrize("case", ["mask_size", "no_object", "corrupt_video", "gap", "mixed_sizes"])
+def test_bad_inputs_give_one_line_and_no_output(clip, tmp_path, case):
+    root, frames, masks = clip
+    video, labels = root / "frames", root / "mask.png"
+    if case == "mask_size":
+        labels = tmp_path / "small.png"
+        synthetic.save_mask(labels, masks[0][:32])
+        named = labels
+    elif case == "no_object":
+        labels = tmp_path / "empty.png"
+        synthetic.save_mask(labels, np.zeros_like(masks[0]))
+        named = labels
+    elif case == "corrupt_video":
+        video = tmp_path / "broken.mp4"
+        video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+        named = video
+    else:
+        video = write_frames(tmp_path / "bad_frames", frames)
+        if case == "gap":
+            (video / "00002.png").unlink()
+        else:
+            Image.fromarray(frames[0][:32]).save(video / "00003.png")
+        named = video
+    out = tmp_path / "out"
+    result = run_tool("propagate.py", "--video", video, "--labels", labels, "--out", out,
+                      "--encoder", "identity")
+    assert_user_error(result, named)
+    assert not out.exists()
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_davis_dev_ground_truth_scores_one(shared_data, tmp_path):
+    """The evaluator on real DAVIS masks: ground truth against itself is perfect."""
+    davis = shared_data / "davis2016-dev"
+    results = tmp_path / "results"
+    (results).mkdir()
+    os.symlink(davis / "Annotations" / "480p" / "car-shadow", results / "car-shadow")
+    result = run_tool("evaluate.py", "--davis_root", davis, "--results", results,
+                      "--sequences", "car-shadow")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((results / "davis_metrics.json").read_text())
+    assert summary["J&F-Mean"] == pytest.approx(1.0)
+    assert summary["J-Decay"] == pytest.approx(0.0)

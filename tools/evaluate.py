@@ -1,0 +1,135 @@
+r"""Scores propagation results: DAVIS J/F or JHMDB PCK. Prints a table and writes a JSON file.
+
+DAVIS (semantics in tc_keras/metrics.py: first and last frame excluded, J-Mean / F-Mean over all
+objects, recall, decay):
+  python tools/evaluate.py --davis_root DAVIS --results results [--sequences a,b] [--json out.json]
+  reads results/<seq>/<frame>.png for every ground-truth frame Annotations/480p/<seq>/<frame>.png;
+  writes results/davis_metrics.json unless --json is given.
+
+Keypoints (PCK@0.1 and @0.2, L = max(width, height) of the ground-truth joint box, frame 0
+excluded):
+  python tools/evaluate.py --jhmdb_joints joints.json --results out/kp  (or out/kp/keypoints.json)
+  writes <results folder>/pck_metrics.json unless --json is given.
+
+A results folder missing frames is an error naming the missing files (exit status 1).
+"""
+
+import json
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from tc_keras import label_io  # noqa: E402
+from tc_keras import metrics  # noqa: E402
+
+_DAVIS_ROOT = flags.DEFINE_string("davis_root", None, "DAVIS root with Annotations/480p/<seq>.")
+_RESULTS = flags.DEFINE_string("results", None, "Results root (<seq>/<frame>.png), or for "
+                               "--jhmdb_joints a keypoints JSON or a folder with keypoints.json.")
+_SEQUENCES = flags.DEFINE_list("sequences", None, "Sequences to score (default: every sequence "
+                               "with annotations).")
+_JHMDB_JOINTS = flags.DEFINE_string("jhmdb_joints", None, "Ground-truth keypoints JSON "
+                                    "(format of jhmdb-catch/joints.json).")
+_JSON = flags.DEFINE_string("json", None, "Where to write the metrics JSON (default: inside "
+                            "--results).")
+
+_MAX_LISTED = 5
+
+
+def _missing_error(missing):
+    listed = ", ".join(str(p) for p in missing[:_MAX_LISTED])
+    more = f" and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
+    return ValueError(f"results are missing {len(missing)} frame(s): {listed}{more}")
+
+
+def evaluate_davis(root, results, sequences):
+    """{summary} for DAVIS masks; raises ValueError naming missing result files."""
+    annotations = pathlib.Path(root) / "Annotations" / "480p"
+    if not annotations.is_dir():
+        raise ValueError(f"--davis_root {root}: no Annotations/480p folder")
+    available = sorted(p.name for p in annotations.iterdir() if p.is_dir())
+    sequences = sequences or available
+    unknown = sorted(set(sequences) - set(available))
+    if unknown:
+        raise ValueError(f"--davis_root {root}: unknown sequences {', '.join(unknown)}")
+    results = pathlib.Path(results)
+    plan = {}
+    missing = []
+    for seq in sequences:
+        gt_files = sorted(annotations.joinpath(seq).glob("*.png"))
+        pred_files = [results / seq / p.name for p in gt_files]
+        missing += [p for p in pred_files if not p.is_file()]
+        plan[seq] = (gt_files, pred_files)
+    if missing:
+        raise _missing_error(missing)
+    scores = {}
+    for seq, (gt_files, pred_files) in plan.items():
+        gt = [label_io.read_mask(p)[0] for p in gt_files]
+        pred = [label_io.read_mask(p)[0] for p in pred_files]
+        for g, p, path in zip(gt, pred, pred_files):
+            if g.shape != p.shape:
+                raise ValueError(f"{path}: {p.shape[1]}x{p.shape[0]} but the ground truth is "
+                                 f"{g.shape[1]}x{g.shape[0]}")
+        scores[seq] = metrics.evaluate_frames(gt, pred, metrics.object_ids(gt[0]))
+    return metrics.davis_summary(scores)
+
+
+def print_davis(summary):
+    keys = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
+    print(" | ".join(f"{k:>8}" for k in keys))
+    print(" | ".join(f"{summary[k]:8.3f}" for k in keys))
+    print()
+    print(f"{'sequence':<20} {'J&F-Mean':>8} {'J-Mean':>8} {'F-Mean':>8}")
+    for seq, row in summary["sequences"].items():
+        print(f"{seq:<20} {row['J&F-Mean']:8.3f} {row['J-Mean']:8.3f} {row['F-Mean']:8.3f}")
+
+
+def evaluate_keypoints(gt_path, results):
+    """PCK dict; `results` is a keypoints JSON or a folder holding keypoints.json."""
+    gt, _ = label_io.read_keypoints(gt_path)
+    results = pathlib.Path(results)
+    pred_path = results / "keypoints.json" if results.is_dir() else results
+    if not pred_path.is_file():
+        raise ValueError(f"--results {results}: no keypoints JSON at {pred_path}")
+    pred, _ = label_io.read_keypoints(pred_path)
+    if pred.shape[1:] != gt.shape[1:]:
+        raise ValueError(f"{pred_path}: {pred.shape[1]} joints per frame, the ground truth has "
+                         f"{gt.shape[1]}")
+    if len(pred) < len(gt):
+        raise ValueError(f"{pred_path}: results are missing frames {len(pred)}..{len(gt) - 1} "
+                         f"(has {len(pred)} of {len(gt)})")
+    return metrics.pck(pred[:len(gt)], gt)
+
+
+def main(argv):
+    del argv
+    try:
+        if not _RESULTS.value:
+            raise ValueError("--results is required")
+        if bool(_DAVIS_ROOT.value) == bool(_JHMDB_JOINTS.value):
+            raise ValueError("give either --davis_root or --jhmdb_joints")
+        results = pathlib.Path(_RESULTS.value)
+        if not results.exists():
+            raise ValueError(f"--results {results}: no such file or folder")
+        folder = results if results.is_dir() else results.parent
+        if _DAVIS_ROOT.value:
+            out = evaluate_davis(_DAVIS_ROOT.value, results, _SEQUENCES.value)
+            print_davis(out)
+            json_path = pathlib.Path(_JSON.value or folder / "davis_metrics.json")
+        else:
+            out = evaluate_keypoints(_JHMDB_JOINTS.value, results)
+            print(" | ".join(f"{k}: {out[k]:.3f}" for k in out if k.startswith("PCK@")))
+            json_path = pathlib.Path(_JSON.value or folder / "pck_metrics.json")
+        json_path.write_text(json.dumps(out, indent=1))
+        print(f"wrote {json_path}")
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)
