@@ -1,6 +1,7 @@
 r"""Propagation benchmark: speed at 480p and memory flatness over long videos. Prints figures.
 
-  python bench/propagate.py                 # ~3-4 minutes on 2 CPU cores
+  python bench/propagate.py                 # ~5 minutes on 2 CPU cores (PYTHONPATH=. if not
+                                            # installed with pip install -e .)
   python bench/propagate.py --speed_frames 2 --long_frames 200   # quicker
 
 1. Speed: frames/s on generated 854x480 frames (DAVIS 480p) with random-init ResNet-18 and

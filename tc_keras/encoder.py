@@ -107,6 +107,12 @@ class ResNetEncoder(layers.Layer):
         self.feature_channels = in_ch
         self.projection = layers.Conv2D(out_channels, 1, use_bias=False, name="projection")
 
+    def build(self, input_shape):
+        # Builds every sub-layer by tracing one symbolic call (also used when loading).
+        shape = tuple(input_shape)[:-1] + (3,)
+        self.call(keras.KerasTensor(shape))
+        self.built = True
+
     def call(self, frames, training=None):
         x = self.stem_bn(self.stem_conv(frames), training=training)
         x = self.stem_pool(keras.ops.relu(x))

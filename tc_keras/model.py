@@ -170,6 +170,14 @@ class TimeCycle(keras.Model):
         self.encoder.trainable = not frozen
         self.train_function = None
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras' fit builds a model symbolically from a batch it first reduces across replicas;
+        # MultiWorkerMirroredStrategy cannot reduce a dict of per-replica batches. A TimeCycle
+        # built by `build_from_crop()` and compiled (optimizer built) needs no symbolic build.
+        if self.built and self.optimizer is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     @property
     def metrics(self):
         return list(self._trackers.values())
@@ -177,7 +185,12 @@ class TimeCycle(keras.Model):
     def _update_trackers(self, values):
         for name, value in values.items():
             self._trackers[name].update_state(value)
-        return {name: t.result() for name, t in self._trackers.items()}
+        results = {name: t.result() for name, t in self._trackers.items()}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras reduces step outputs across workers with reduce(MEAN, axis=0), which needs
+            # an axis: give each scalar one of length 1.
+            results = {name: tf.reshape(v, (1,)) for name, v in results.items()}
+        return results
 
     def train_step(self, data):
         strategy = tf.distribute.get_strategy()
@@ -214,3 +227,10 @@ class TimeCycle(keras.Model):
                       temperature=self.temperature, freeze_encoder=self.freeze_encoder,
                       grad_clip_norm=self.grad_clip_norm, sync_batchnorm=self.sync_batchnorm)
         return config
+
+
+def build_model(config):
+    """TimeCycle from a tc_keras.config.Config (the one config -> kwargs mapping lives there)."""
+    from tc_keras.config import model_kwargs  # config imports this module's constants
+
+    return TimeCycle(**model_kwargs(config))

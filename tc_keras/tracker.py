@@ -76,6 +76,10 @@ class Localizer(layers.Layer):
         self.flatten = layers.Flatten()
         self.dense = layers.Dense(3, name="params")
 
+    def build(self, input_shape):
+        self.call(keras.KerasTensor(tuple(input_shape)))  # builds the sub-layers
+        self.built = True
+
     def call(self, affinity):
         x = affinity
         for conv in self.convs:
@@ -153,6 +157,11 @@ class Tracker(layers.Layer):
         self.affinity = Affinity(temperature, name="affinity")
         self.localizer = Localizer(filters, kernel_size, scale, name="localizer")
         self.sampler = SpatialSampler(*self.patch_size, name="sampler")
+
+    def build(self, image_feats_shape, query_feats_shape):
+        self.call(keras.KerasTensor(tuple(image_feats_shape)),
+                  keras.KerasTensor(tuple(query_feats_shape)))  # builds the sub-layers
+        self.built = True
 
     def call(self, image_feats, query_feats):
         affinity = self.affinity(image_feats, query_feats)

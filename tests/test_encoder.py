@@ -42,3 +42,14 @@ def test_layer_check():
 def test_bad_depth_is_a_clear_error():
     with pytest.raises(ValueError, match="depth"):
         ResNetEncoder(depth=34)
+
+
+def test_saved_encoder_model_loads_with_same_outputs(tmp_path):
+    import keras
+    enc = ResNetEncoder(depth=18)
+    model = keras.Sequential([keras.Input((None, None, 3)), enc])
+    x = np.random.default_rng(1).normal(size=(1, 32, 40, 3)).astype(np.float32)
+    ref = np.asarray(model(x))
+    model.save(tmp_path / "encoder.keras")
+    loaded = keras.saving.load_model(tmp_path / "encoder.keras")
+    np.testing.assert_allclose(np.asarray(loaded(x)), ref, atol=1e-5)

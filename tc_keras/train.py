@@ -1,0 +1,231 @@
+"""`python -m tc_keras.train --flagfile=configs/vlog.flags`: flags -> config -> strategy -> fit.
+
+The workdir holds everything of a run: `config.json` (the resolved config), `ckpt/` (model,
+optimizer, step and config in a tf.train.Checkpoint), `encoder.keras` (the encoder alone, for
+tools/propagate.py and tools/export.py), `tb/` (TensorBoard) and, for `--data=synthetic`, `data/`.
+Running the same command again resumes from the last checkpoint, step and optimizer state intact.
+"""
+
+import json
+import math
+import os
+import pathlib
+import signal
+import sys
+import time
+
+from absl import app, flags, logging
+
+from tc_keras import config as tconfig
+
+# The model, TensorFlow and the data modules are imported after flag parsing, in `run`, so that
+# `--help` is fast and flag errors come before TensorFlow's start-up noise.
+
+ENCODER_FILE = "encoder.keras"
+CONFIG_FILE = "config.json"
+
+
+def make_strategy(name):
+    """tf.distribute strategy for --strategy (see its help)."""
+    import tensorflow as tf
+
+    workers = len(json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {}).get("worker", []))
+    if name == "auto":
+        if workers > 1:
+            name = "multiworker"
+        elif tf.config.list_physical_devices("GPU"):
+            name = "mirrored"
+        else:
+            name = "default"
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def task_dir(workdir, strategy):
+    """The chief writes to the workdir; other workers of a multi-worker run to their own folder."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return pathlib.Path(workdir)
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type == "chief" or (task_type == "worker" and task_id == 0
+                                and "chief" not in resolver.cluster_spec().as_dict()):
+        return pathlib.Path(workdir)
+    return pathlib.Path(workdir) / "workers" / f"{task_type}-{task_id}"
+
+
+def resolve_data(config, workdir):
+    """Shard files for --data; builds the synthetic corpus first for --data=synthetic."""
+    from tc_keras.data import prepare, synthetic
+
+    d = config.data
+    if d.data == tconfig.SYNTHETIC:
+        logging.info("Generating and preparing %d synthetic videos in %s/data",
+                     d.synthetic_videos, workdir)
+        shards_dir = synthetic.prepared_corpus(
+            pathlib.Path(workdir) / "data", num_videos=d.synthetic_videos,
+            frames=d.synthetic_frames, size=(d.synthetic_size, d.synthetic_size),
+            seed=config.train.seed)
+        return prepare.resolve_shards(shards_dir)
+    return prepare.resolve_shards(d.data)
+
+
+def count_videos(shards):
+    """Videos (records) in the shards: from manifest.jsonl beside them, else by reading."""
+    manifests = {pathlib.Path(s).parent / "manifest.jsonl" for s in shards}
+    if all(m.is_file() for m in manifests):
+        names = {pathlib.Path(s).name for s in shards}
+        rows = [json.loads(line) for m in manifests for line in m.read_text().splitlines() if line]
+        return sum(1 for r in rows if pathlib.Path(str(r.get("shard", ""))).name in names) or len(rows)
+    import tensorflow as tf
+    return int(tf.data.TFRecordDataset(shards).reduce(0, lambda n, _: n + 1))
+
+
+def total_steps(config, num_videos):
+    t = config.train
+    if t.train_steps:
+        return t.train_steps
+    return max(1, t.epochs * math.ceil(num_videos / t.batch_size))
+
+
+def make_dataset(config, shards, strategy, seed):
+    from tc_keras.data import pipeline
+
+    d = config.data
+    kwargs = dict(num_past=d.num_past, frame_gap=d.frame_gap, target_offset=d.target_offset,
+                  crop_size=d.crop_size, resize_short=d.resize_short,
+                  max_rotation_deg=d.max_rotation_deg, shuffle_buffer=d.shuffle_buffer,
+                  seed=seed, deterministic=d.deterministic)
+    if strategy.num_replicas_in_sync > 1 or hasattr(strategy, "cluster_resolver"):
+        return pipeline.distributed_clip_dataset(strategy, shards, config.train.batch_size, **kwargs)
+    return pipeline.clip_dataset(shards, batch_size=config.train.batch_size, **kwargs)
+
+
+def save_encoder(model, path):
+    """Writes the encoder alone as a .keras model (frames -> features), atomically."""
+    import keras
+
+    wrapper = keras.Sequential([keras.Input((None, None, 3)), model.encoder])
+    tmp = pathlib.Path(str(path) + ".partial.keras")
+    wrapper.save(tmp)
+    os.replace(tmp, path)
+
+
+def run(config):
+    """Trains according to `config` (a tconfig.Config); returns the final step."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from tc_keras.model import build_model
+    from tc_keras.train_callbacks import TrainingMonitor
+
+    t = config.train
+    keras.utils.set_random_seed(t.seed)
+    if config.model.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    strategy = make_strategy(t.strategy)
+    out_dir = task_dir(t.workdir, strategy)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / CONFIG_FILE).write_text(config.to_json() + "\n")
+
+    # Each task of a multi-worker run generates its own (identical, seeded) synthetic corpus.
+    shards = resolve_data(config, out_dir)
+    num_videos = count_videos(shards)
+    steps = total_steps(config, num_videos)
+    logging.info("%d shard(s), %d videos, %d steps of %d clips on %d replica(s)", len(shards),
+                 num_videos, steps, t.batch_size, strategy.num_replicas_in_sync)
+
+    with strategy.scope():
+        model = build_model(config)
+        model.build_from_crop()
+        model.compile(optimizer=keras.optimizers.Adam(t.learning_rate, beta_1=t.beta_1,
+                                                      beta_2=t.beta_2))
+    # The config travels inside the checkpoint (a plain local variable: strings cannot be mirrored).
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
+                                     config=tf.Variable(config.to_json(), trainable=False))
+    manager = tf.train.CheckpointManager(checkpoint, str(out_dir / "ckpt"), max_to_keep=3)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).expect_partial()
+        logging.info("Resumed from %s", manager.latest_checkpoint)
+    step = int(model.optimizer.iterations.numpy())
+    if step >= steps:
+        logging.info("Already at step %d of %d: nothing to do", step, steps)
+        return step
+
+    def save(reason):
+        path = manager.save(checkpoint_number=int(model.optimizer.iterations.numpy()))
+        save_encoder(model, out_dir / ENCODER_FILE)
+        logging.info("Saved %s (%s)", path, reason)
+
+    monitor = TrainingMonitor(save, out_dir / "tb", log_every=t.log_every,
+                              checkpoint_every=t.checkpoint_every, image_every=t.image_every,
+                              vis_batch=_vis_batch(config, shards) if t.image_every else None)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    finite = True
+    try:
+        phases = []
+        if step < t.freeze_encoder_steps:
+            phases.append((True, min(t.freeze_encoder_steps, steps)))
+        phases.append((False, steps))
+        for frozen, until in phases:
+            if step >= until:
+                continue
+            model.set_encoder_frozen(frozen)
+            logging.info("Steps %d..%d with the encoder %s", step, until,
+                         "frozen (tracker only)" if frozen else "trained")
+            data = make_dataset(config, shards, strategy, seed=t.seed + step)
+            monitor.stop_at = until
+            per_epoch = min(t.checkpoint_every, until - step)
+            model.fit(data, epochs=math.ceil((until - step) / per_epoch),
+                      steps_per_epoch=per_epoch, callbacks=[monitor], verbose=0)
+            step = int(model.optimizer.iterations.numpy())
+    except FloatingPointError:
+        finite = False
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        done = int(model.optimizer.iterations.numpy())
+        if finite and done != monitor.last_saved:
+            save("exit")
+        monitor.close()
+    return step
+
+
+def _vis_batch(config, shards):
+    from tc_keras.data import pipeline
+
+    d = config.data
+    ds = pipeline.clip_dataset(shards, batch_size=min(4, config.train.batch_size),
+                               num_past=d.num_past, frame_gap=d.frame_gap,
+                               target_offset=d.target_offset, crop_size=d.crop_size,
+                               resize_short=d.resize_short, max_rotation_deg=d.max_rotation_deg,
+                               shuffle_buffer=8, seed=1234, deterministic=True)
+    return next(iter(ds))
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        config = tconfig.Config.from_flags(flags.FLAGS)
+    except ValueError as e:
+        raise app.UsageError(str(e))
+    try:
+        run(config)
+    except FloatingPointError as e:
+        logging.error("%s", e)
+        sys.exit(f"error: {e}")
+    except FileNotFoundError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    tconfig.define_flags()
+    app.run(main)

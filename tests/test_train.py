@@ -1,0 +1,150 @@
+"""The training driver: config validation, resume after kill -9, multi-worker, non-finite loss."""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from tc_keras import config as tconfig
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["--data=synthetic", "--synthetic_videos=4", "--synthetic_frames=24", "--synthetic_size=168",
+        "--encoder=resnet18", "--num_past=1", "--frame_gap=2", "--target_offset=6",
+        "--crop_size=168", "--resize_short=168", "--batch_size=2", "--log_every=1",
+        "--image_every=2", "--shuffle_buffer=4", "--strategy=default"]
+
+
+def train_cmd(workdir, *extra):
+    return [sys.executable, "-m", "tc_keras.train", f"--workdir={workdir}", *TINY, *extra]
+
+
+def env(**extra):
+    e = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+    e.update(extra)
+    return e
+
+
+def test_config_validates_and_round_trips():
+    cfg = tconfig.Config(tconfig.DataConfig(), tconfig.ModelConfig(), tconfig.TrainConfig(workdir="w"))
+    assert tconfig.Config.from_dict(json.loads(cfg.to_json())) == cfg
+    kwargs = tconfig.model_kwargs(cfg)
+    assert kwargs["depth"] == 50 and kwargs["num_past"] == 4 and kwargs["crop_size"] == 240
+    with pytest.raises(ValueError, match="crop_size"):
+        tconfig.DataConfig(crop_size=100)
+    with pytest.raises(ValueError, match="target_offset"):
+        tconfig.DataConfig(num_past=4, frame_gap=2, target_offset=5)
+    with pytest.raises(ValueError, match="workdir"):
+        tconfig.TrainConfig()
+    with pytest.raises(ValueError, match="encoder"):
+        tconfig.ModelConfig(encoder="resnet34")
+
+
+def test_unknown_flag_value_and_missing_data_are_clear_errors(tmp_path):
+    bad = subprocess.run(train_cmd(tmp_path / "w", "--encoder=resnet34"), env=env(),
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0
+    assert "encoder" in bad.stderr and "resnet18" in bad.stderr
+    missing = subprocess.run(train_cmd(tmp_path / "w", f"--data={tmp_path}/nothing_here"),
+                             env=env(), capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0
+    assert "nothing_here" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_monitor_stops_on_non_finite_loss_naming_the_step():
+    from tc_keras.train_callbacks import TrainingMonitor
+
+    saved = []
+    monitor = TrainingMonitor(saved.append, "/tmp/unused_tb", log_every=100, checkpoint_every=100,
+                              image_every=0)
+
+    class _Model:
+        stop_training = False
+        optimizer = keras.optimizers.Adam()
+    monitor.set_model(_Model())
+    monitor.model.optimizer.iterations.assign(7)
+    with pytest.raises(FloatingPointError, match="step 7"):
+        monitor.on_train_batch_end(0, {"loss": np.float32("nan")})
+    assert monitor.model.stop_training and not saved
+
+
+@pytest.mark.slow
+def test_resume_after_kill_continues_from_checkpoint(tmp_path):
+    workdir = tmp_path / "run"
+    cmd = train_cmd(workdir, "--train_steps=8", "--checkpoint_every=3")
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    ckpt = workdir / "ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if list(ckpt.glob("ckpt-3.index")):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (workdir / "ckpt" / "ckpt-8.index").exists()
+    rerun = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "Resumed from" in rerun.stderr
+    resumed_at = int(rerun.stderr.split("Steps ")[1].split("..")[0])
+    assert 3 <= resumed_at < 8  # continued from a checkpoint, not from zero
+    assert (workdir / "ckpt" / "ckpt-8.index").exists()
+    assert (workdir / "encoder.keras").exists()
+    assert json.loads((workdir / "config.json").read_text())["train"]["train_steps"] == 8
+    assert list((workdir / "tb").glob("events.out.tfevents.*"))
+    # A third run finds the work done.
+    again = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_workers_train_together_and_agree(tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    workdir = tmp_path / "mw"
+    procs = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        cmd = train_cmd(workdir, "--train_steps=3", "--checkpoint_every=3", "--strategy=auto",
+                        "--batch_size=4", "--image_every=0")
+        procs.append(subprocess.Popen(cmd, env=env(TF_CONFIG=tf_config), stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True))
+    errs = []
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=420)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        errs.append(err)
+        assert p.returncode == 0, err[-3000:]
+    assert "on 2 replica(s)" in errs[0]
+    chief = keras.saving.load_model(workdir / "encoder.keras")
+    other = keras.saving.load_model(workdir / "workers" / "worker-1" / "encoder.keras")
+    init = keras.Sequential([keras.Input((None, None, 3)), type(chief.layers[0])(depth=18)])
+    moved = False
+    for a, b in zip(chief.get_weights(), other.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    for a, c in zip(chief.get_weights(), init.get_weights()):
+        moved |= a.shape == c.shape and not np.allclose(a, c)
+    assert moved
