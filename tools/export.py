@@ -55,9 +55,9 @@ def main(argv):
         spec = _CHECKPOINT.value or "random"
         if spec in ("random", "identity") and _CHECKPOINT.value:
             raise ValueError(f"--checkpoint {spec}: expected a workdir, .keras or .weights.h5")
+        quantize = _quantize_values(_QUANTIZE.value)
         encoder = prop.load_encoder_model(spec, int(_DEPTH.value), _SEED.value)
-        written = export_lib.export(encoder, _OUT.value, _VERSION.value,
-                                    _quantize_values(_QUANTIZE.value), _TFLITE.value,
+        written = export_lib.export(encoder, _OUT.value, _VERSION.value, quantize, _TFLITE.value,
                                     _OVERWRITE.value)
         for kind, path in written.items():
             print(f"{kind}: {path}")

@@ -7,6 +7,11 @@ One video:
   python tools/propagate.py --video frames/ --labels joints.json --out out/kp --encoder identity
   -> out/kp/00000.json ... (joints per frame), out/kp/keypoints.json (all frames), overlay.mp4
 
+Through an exported model (tools/export.py): its embed AND propagate signatures do the work,
+so Keras, SavedModel and TFLite give the same masks:
+  python tools/propagate.py --video clip.mp4 --labels first_mask.png --out out/clip \
+      --encoder export/timecycle            # or export/timecycle/1, or export/timecycle.tflite
+
 A DAVIS dataset (JPEGImages/480p/<seq>/*.jpg, first mask from Annotations/480p/<seq>/):
   python tools/propagate.py --davis_root DAVIS --out results --encoder PATH [--sequences a,b]
   -> results/<seq>/<frame>.png for every frame of every sequence
