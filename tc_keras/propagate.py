@@ -143,16 +143,29 @@ ENCODER_CHOICES = "identity, random, or a path to a .weights.h5 / .keras file or
 def load_encoder(spec, depth=18, seed=0):
     """An `embed` callable for propagation from a command-line encoder spec.
 
+    See `load_encoder_model` for `spec`, `depth` and `seed`.
+    Returns:
+      None ("identity") or embed(frames_uint8 (B, H, W, 3)) -> (B, H/8, W/8, C).
+    """
+    encoder = load_encoder_model(spec, depth, seed)
+    return None if encoder is None else make_embed(encoder)
+
+
+def load_encoder_model(spec, depth=18, seed=0):
+    """The encoder model named by a command-line spec (the one checkpoint loader of the project).
+
     Args:
       spec: "identity" -> None (the copy-the-first-frame baseline of PAPER.md's results table);
         "random" -> a freshly initialised `ResNetEncoder(depth)` seeded with `seed`; a path to a
         `.weights.h5` file (weights of `keras.Sequential([ResNetEncoder(depth)])` or of a
         functional model wrapping only the encoder), a `.keras` file (a saved model or encoder
-        mapping normalised frames to features), or a folder holding one (the newest is used).
+        mapping normalised frames to features), or a folder holding one (a training workdir's
+        `encoder.keras` if present, else the newest).
       depth: 18 or 50, for "random" and `.weights.h5`.
       seed: initialisation seed for "random".
     Returns:
-      None or embed(frames_uint8 (B, H, W, 3)) -> (B, H/8, W/8, C).
+      None ("identity") or a keras model mapping ImageNet-normalised float frames (B, H, W, 3)
+      to L2-normalised features (B, H/8, W/8, C).
     Raises:
       ValueError naming `spec` when it cannot be loaded.
     """
@@ -162,10 +175,11 @@ def load_encoder(spec, depth=18, seed=0):
         return None
     if spec == "random":
         keras.utils.set_random_seed(seed)
-        encoder = ResNetEncoder(depth=depth)
-        encoder(np.zeros((1, 64, 64, 3), np.float32))
-        return make_embed(encoder)
+        encoder = keras.Sequential([keras.Input((None, None, 3)), ResNetEncoder(depth=depth)])
+        return encoder
     path = pathlib.Path(spec)
+    if path.is_dir() and (path / "encoder.keras").is_file():
+        path = path / "encoder.keras"  # a training workdir
     if path.is_dir():
         found = sorted([*path.glob("*.keras"), *path.glob("*.weights.h5")],
                        key=lambda p: p.stat().st_mtime)
@@ -186,7 +200,7 @@ def load_encoder(spec, depth=18, seed=0):
             raise ValueError(f"unknown file type (expected {ENCODER_CHOICES})")
     except (ValueError, OSError, KeyError, TypeError) as e:
         raise ValueError(f"--encoder {path}: cannot load ({str(e).splitlines()[0]})") from None
-    return make_embed(encoder)
+    return model if path.name.endswith(".weights.h5") else encoder
 
 
 class Propagator:
@@ -196,14 +210,18 @@ class Propagator:
       embed: callable, uint8 frames (B, H', W', 3) at the model size -> (B, h, w, C) L2-normalised
         features, h = H'/8, w = W'/8.
       config: a `PropagationConfig`.
+      step: the label step, a callable with the interface of `label_step.vote` returning (Q, K);
+        default `vote` itself (Keras). An exported model's `propagate` signature
+        (`tc_keras.export` runtimes) plugs in here, so every runtime runs the same step.
 
     Only the first frame and the `config.context` most recent frames (features and labels) are
     kept, in fixed-size buffers: memory does not grow with the video length.
     """
 
-    def __init__(self, embed, config=PRESETS["default"]):
+    def __init__(self, embed, config=PRESETS["default"], step=None):
         self.embed = embed
         self.config = config
+        self.step = vote if step is None else step
 
     def feature_size(self, height, width):
         mh, mw = model_size(height, width, self.config)
@@ -229,7 +247,7 @@ class Propagator:
         out = []
         for start in range(0, n, chunk):
             rows = None if allowed is None else ops.convert_to_tensor(allowed[start:start + chunk])
-            out.append(ops.convert_to_numpy(vote(
+            out.append(ops.convert_to_numpy(self.step(
                 feats_t, labels_t, ops.convert_to_tensor(query[start:start + chunk]), rows,
                 short_t, topk=min(self.config.topk, n), temperature=self.config.temperature,
                 joint_topk=self.config.joint_topk)))
@@ -291,7 +309,7 @@ def _same_size(first, frames):
         yield frame
 
 
-def propagate_mask(frames, first_mask, embed, config=PRESETS["default"]):
+def propagate_mask(frames, first_mask, embed, config=PRESETS["default"], step=None):
     """Propagates an object mask through a video.
 
     Args:
@@ -299,6 +317,7 @@ def propagate_mask(frames, first_mask, embed, config=PRESETS["default"]):
       first_mask: (H, W) integer object ids of the first frame (0 = background).
       embed: see `Propagator`; None gives the "identity" baseline (copy the first mask).
       config: a `PropagationConfig`.
+      step: the label step (see `Propagator`); None = `vote` (Keras).
     Yields:
       (frame, (H, W) mask with the ids of `first_mask`) for every frame, the first included.
     """
@@ -317,7 +336,7 @@ def propagate_mask(frames, first_mask, embed, config=PRESETS["default"]):
         return
     ids = np.union1d(ids, [0]).astype(first_mask.dtype)
     onehot = (first_mask[..., None] == ids).astype(np.float32)  # (H, W, K)
-    prop = Propagator(embed, config)
+    prop = Propagator(embed, config, step)
     h, w = prop.feature_size(*first.shape[:2])
     labels0 = ops.convert_to_numpy(ops.image.resize(onehot[None], (h, w), interpolation="area"))[0]
     height, width = first_mask.shape
@@ -363,7 +382,7 @@ def decode_keypoints(heatmaps, image_size, topk=KEYPOINT_TOPK):
     return np.stack([(weights * fx).sum(1) / total, (weights * fy).sum(1) / total], -1)
 
 
-def propagate_keypoints(frames, first_joints, embed, config=PRESETS["default"]):
+def propagate_keypoints(frames, first_joints, embed, config=PRESETS["default"], step=None):
     """Propagates keypoints as Gaussian heatmaps.
 
     Args:
@@ -371,6 +390,7 @@ def propagate_keypoints(frames, first_joints, embed, config=PRESETS["default"]):
       first_joints: (J, 2) pixel (x, y) joints of the first frame; NaN = not annotated.
       embed: see `Propagator`; None gives the identity baseline (copy the first joints).
       config: a `PropagationConfig`.
+      step: the label step (see `Propagator`); None = `vote` (Keras).
     Yields:
       (frame, (J, 2) joints in pixels) for every frame, the first included; joints that were NaN
       in the first frame stay NaN.
@@ -383,7 +403,7 @@ def propagate_keypoints(frames, first_joints, embed, config=PRESETS["default"]):
         for frame in _same_size(first, rest):
             yield frame, first_joints
         return
-    prop = Propagator(embed, config)
+    prop = Propagator(embed, config, step)
     size = first.shape[:2]
     feature_size = prop.feature_size(*size)
     maps = keypoint_heatmaps(first_joints, size, feature_size)

@@ -7,6 +7,11 @@ One video:
   python tools/propagate.py --video frames/ --labels joints.json --out out/kp --encoder identity
   -> out/kp/00000.json ... (joints per frame), out/kp/keypoints.json (all frames), overlay.mp4
 
+Through an exported model (tools/export.py): its embed AND propagate signatures do the work,
+so Keras, SavedModel and TFLite give the same masks:
+  python tools/propagate.py --video clip.mp4 --labels first_mask.png --out out/clip \
+      --encoder export/timecycle            # or export/timecycle/1, or export/timecycle.tflite
+
 A DAVIS dataset (JPEGImages/480p/<seq>/*.jpg, first mask from Annotations/480p/<seq>/):
   python tools/propagate.py --davis_root DAVIS --out results --encoder PATH [--sequences a,b]
   -> results/<seq>/<frame>.png for every frame of every sequence
@@ -32,6 +37,7 @@ from absl import flags  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tc_keras import export as export_lib  # noqa: E402
 from tc_keras import label_io  # noqa: E402
 from tc_keras import propagate as prop  # noqa: E402
 from tc_keras.data import video as video_lib  # noqa: E402
@@ -44,7 +50,10 @@ _OUT = flags.DEFINE_string("out", None, "Output folder (--video) or results root
 _DAVIS_ROOT = flags.DEFINE_string("davis_root", None, "DAVIS root with JPEGImages/480p and "
                                   "Annotations/480p; propagates every sequence.")
 _SEQUENCES = flags.DEFINE_list("sequences", None, "DAVIS sequences to run (default: all).")
-_ENCODER = flags.DEFINE_string("encoder", None, f"Feature encoder: {prop.ENCODER_CHOICES}.")
+_ENCODER = flags.DEFINE_string(
+    "encoder", None, f"Feature encoder: {prop.ENCODER_CHOICES}; or an exported model "
+    "(tools/export.py: SavedModel folder export/<name>[/<version>] or a .tflite file), whose "
+    "embed and propagate signatures then run both the encoder and the label step.")
 _DEPTH = flags.DEFINE_enum("depth", "18", ["18", "50"], "ResNet depth for --encoder random or "
                            ".weights.h5 files (default 18).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for --encoder random (default 0).")
@@ -124,7 +133,7 @@ def frame_names(source, count):
     return [f"{t:05d}" for t in range(count)]
 
 
-def run_video(source, labels_path, out_dir, embed, config, overlay):
+def run_video(source, labels_path, out_dir, embed, config, overlay, step=None):
     """Propagates one video's first-frame labels into `out_dir` (atomically)."""
     info = video_lib.video_info(source)
     names = frame_names(source, info["frames"])
@@ -136,11 +145,11 @@ def run_video(source, labels_path, out_dir, embed, config, overlay):
         first = joints_all[0]
         if not np.isfinite(first).all(axis=-1).any():
             raise label_io.LabelError(f"{labels_path}: no joint is annotated in frame 0")
-        stream = prop.propagate_keypoints(frames, first, embed, config)
+        stream = prop.propagate_keypoints(frames, first, embed, config, step)
     else:
         ids, fmt = label_io.read_mask(labels_path)
         label_io.check_mask(labels_path, ids, size)
-        stream = prop.propagate_mask(frames, ids, embed, config)
+        stream = prop.propagate_mask(frames, ids, embed, config, step)
     fps = info["fps"] or _FPS.value
     bar = keras.utils.Progbar(len(names), unit_name="frame")
     all_joints = []
@@ -197,10 +206,14 @@ def main(argv):
                 first = video_lib.list_frame_files(frames)[0]
                 jobs.append((frames, masks / f"{first.stem}.png", pathlib.Path(_OUT.value) / seq))
             overlay = bool(_OVERLAY.value)
-        embed = prop.load_encoder(_ENCODER.value, int(_DEPTH.value), _SEED.value)
+        if export_lib.is_export(_ENCODER.value):
+            runtime = export_lib.load_runtime(_ENCODER.value)
+            embed, step = runtime.embed, runtime.step
+        else:
+            embed, step = prop.load_encoder(_ENCODER.value, int(_DEPTH.value), _SEED.value), None
         for source, labels, out in jobs:
             print(f"{source} -> {out}")
-            run_video(source, labels, out, embed, config, overlay)
+            run_video(source, labels, out, embed, config, overlay, step)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -1,0 +1,118 @@
+r"""Export benchmark: per-frame latency of Keras, SavedModel and TFLite (fp32/fp16/int8); sizes.
+
+  python bench/export.py                 # ~2-3 minutes on 2 CPU cores (PYTHONPATH=. if not
+                                         # installed with pip install -e .)
+  python bench/export.py --repeats 1 --step_chunks 0    # quicker: encoder only
+
+A seeded random-init ResNet-18 (latency does not depend on the weights) is exported once to a
+temporary folder, then, in one process:
+
+1. embed: one 480x856 uint8 frame per call (DAVIS 854x480 rounded to the nearest multiple of 8,
+   the size the default native-resolution protocol feeds the encoder). One untimed warm-up call,
+   then the median of --repeats calls. TFLite runs ai-edge-litert with --threads threads (XNNPACK).
+2. propagate (label step, default protocol: M = 21 context frames, joint top-10, radius 12 at the
+   60x107 feature size, N = 6420): the Propagator processes a frame in chunks of
+   MAX_LOGITS // (M*N) = 248 query positions; --step_chunks chunks are timed (after one warm-up)
+   and the per-frame time is extrapolated to all ceil(N / 248) = 26 chunks.
+3. Sizes on disk: the SavedModel folder and each .tflite file.
+
+Few repeats on a shared 2-core CPU: read the figures to about +-20%.
+"""
+
+import os
+import pathlib
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tc_keras import export as export_lib  # noqa: E402
+from tc_keras import propagate as prop  # noqa: E402
+from tc_keras.label_step import radius_mask, vote  # noqa: E402
+
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed embed calls per runtime (median reported).")
+_STEP_CHUNKS = flags.DEFINE_integer("step_chunks", 2, "Timed label-step chunks per runtime "
+                                    "(0 = skip the label step).")
+_THREADS = flags.DEFINE_integer("threads", 2, "TFLite interpreter threads (default 2).")
+_DEPTH = flags.DEFINE_enum("depth", "18", ["18", "50"], "ResNet depth (default 18).")
+
+HEIGHT, WIDTH = 480, 856  # DAVIS 854x480, width rounded to a multiple of 8 (model_size)
+
+
+def _median_time(fn, repeats):
+    fn()  # warm-up: graph tracing, allocation
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _size(path):
+    path = pathlib.Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    config = prop.PRESETS["default"]
+    encoder = prop.load_encoder_model("random", int(_DEPTH.value), seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        written = export_lib.export(encoder, pathlib.Path(tmp) / "tc",
+                                    quantize=export_lib.QUANTIZATIONS)
+        print(f"export (SavedModel + 3 .tflite): {time.perf_counter() - start:.1f} s")
+        runtimes = {
+            "keras": (prop.make_embed(encoder), vote),
+            "saved_model": export_lib.SavedModelRuntime(written["saved_model"]),
+            "tflite fp32": export_lib.TFLiteRuntime(written["tflite"], _THREADS.value),
+            "tflite fp16": export_lib.TFLiteRuntime(written["tflite_fp16"], _THREADS.value),
+            "tflite int8": export_lib.TFLiteRuntime(written["tflite_int8"], _THREADS.value),
+        }
+        sizes = {"keras": None, "saved_model": _size(written["saved_model"]),
+                 "tflite fp32": _size(written["tflite"]),
+                 "tflite fp16": _size(written["tflite_fp16"]),
+                 "tflite int8": _size(written["tflite_int8"])}
+
+        frame = np.random.default_rng(0).integers(0, 256, (1, HEIGHT, WIDTH, 3), np.uint8)
+        h, w = HEIGHT // prop.FEATURE_STRIDE, WIDTH // prop.FEATURE_STRIDE
+        n, m = h * w, 1 + config.context
+        chunk = max(1, prop.MAX_LOGITS // (m * n))
+        num_chunks = -(-n // chunk)
+        rng = np.random.default_rng(1)
+        feats = rng.normal(size=(m, n, 512)).astype(np.float32)
+        feats /= np.linalg.norm(feats, axis=-1, keepdims=True)
+        labels = rng.random((m, n, 2)).astype(np.float32)
+        allowed = radius_mask(h, w, config.radius)[:chunk]
+        short_term = np.arange(m) > 0
+
+        print(f"\n{_DEPTH.value}-layer ResNet, frame {HEIGHT}x{WIDTH} -> features {h}x{w}; "
+              f"label step M={m}, N={n}, chunk {chunk} queries x {num_chunks} chunks/frame; "
+              f"TFLite threads {_THREADS.value}; embed median of {_REPEATS.value}, "
+              f"step median of {_STEP_CHUNKS.value} chunks")
+        print(f"{'runtime':<13} {'embed s/frame':>14} {'step s/frame':>13} {'size MB':>8}")
+        for name, runtime in runtimes.items():
+            embed, step = runtime if name == "keras" else (runtime.embed, runtime.step)
+            t_embed = _median_time(lambda: np.asarray(embed(frame)), _REPEATS.value)
+            t_step = float("nan")
+            if _STEP_CHUNKS.value:
+                t_step = num_chunks * _median_time(lambda: np.asarray(step(
+                    feats, labels, feats[1, :chunk], allowed, short_term, topk=config.topk,
+                    temperature=config.temperature, joint_topk=config.joint_topk)),
+                    _STEP_CHUNKS.value)
+            size = "-" if sizes[name] is None else f"{sizes[name] / 1e6:.1f}"
+            print(f"{name:<13} {t_embed:>14.3f} {t_step:>13.2f} {size:>8}", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,307 @@
+"""SavedModel / TFLite graphs of the encoder and the label step, and runtimes that run them.
+
+Layout written by `export` (TF Serving's: a model folder holding integer version folders):
+
+    export/<name>/<version>/            SavedModel, signatures below (tag "serve")
+    export/<name>.tflite                the same signatures, float32, TFLite builtin ops only
+    export/<name>.fp16.tflite           optional: float16 weights
+    export/<name>.int8.tflite           optional: dynamic-range int8 weights
+
+Signatures (every input required; SavedModel signatures cannot give inputs defaults):
+
+- `embed` (also `serving_default`): frames uint8 (B, H, W, 3) in [0, 255], H and W multiples of 8
+  -> features float32 (B, H/8, W/8, C) L2-normalised (ImageNet normalisation inside the graph).
+- `propagate`: the label step `tc_keras.label_step.vote` with joint top-k (the default/crw
+  protocol), the very function `Propagator` calls on the Keras path:
+    context_feats float32 (M, N, C), context_labels float32 (M, N, K), queries float32 (Q, C),
+    allowed bool (Q, N) (key n within the radius of query q; all True = no radius),
+    short_term bool (M,) (frames the radius applies to), topk int32 () (<= M*N),
+    temperature float32 () -> labels float32 (Q, K).
+- `propagate_per_frame`: the same with per-frame top-k (the paper protocol, `joint_topk=False`);
+  topk <= N.
+
+Min-max normalisation (paper protocol) needs the whole frame and stays a post-step in `Propagator`.
+
+Shape legend: B batch, H W frame size, M context frames, N = h*w feature positions, Q query
+positions, C channels, K label channels.
+"""
+
+import contextlib
+import io
+import pathlib
+import re
+import shutil
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tc_keras import ops as tops
+from tc_keras import propagate as prop
+from tc_keras.label_step import vote
+
+SIGNATURES = ("embed", "propagate", "propagate_per_frame")
+QUANTIZATIONS = ("fp16", "int8")
+
+
+# ----------------------------------------------------------------------------------------------
+# Graphs
+# ----------------------------------------------------------------------------------------------
+
+FRAMES_SPEC = tf.TensorSpec((None, None, None, 3), tf.uint8, name="frames")
+PROPAGATE_SPECS = [
+    tf.TensorSpec((None, None, None), tf.float32, name="context_feats"),  # (M, N, C)
+    tf.TensorSpec((None, None, None), tf.float32, name="context_labels"),  # (M, N, K)
+    tf.TensorSpec((None, None), tf.float32, name="queries"),  # (Q, C)
+    tf.TensorSpec((None, None), tf.bool, name="allowed"),  # (Q, N)
+    tf.TensorSpec((None,), tf.bool, name="short_term"),  # (M,)
+    tf.TensorSpec((), tf.int32, name="topk"),
+    tf.TensorSpec((), tf.float32, name="temperature"),
+]
+
+
+def build_archive(encoder):
+    """A `keras.export.ExportArchive` with the `embed` and `propagate*` endpoints.
+
+    Args:
+      encoder: keras model or layer, ImageNet-normalised float frames (B, H, W, 3) ->
+        L2-normalised (B, H/8, W/8, C), e.g. `keras.Sequential([Input, ResNetEncoder(18)])`.
+    """
+    archive = keras.export.ExportArchive()
+    archive.track(encoder)  # keeps the variables tracked (a bare tf.Module would not)
+    stride = prop.FEATURE_STRIDE
+
+    def embed(frames):
+        shape = tf.shape(frames)
+        # Run before any op sees the frames. Kept in the SavedModel (a signature call does not
+        # check shapes against its spec); the TFLite converter drops asserts (see TFLiteRuntime).
+        checks = [
+            tf.debugging.assert_equal(shape[3], 3, message="embed: frames must be uint8 "
+                                      "(B, H, W, 3) RGB; got channels ="),
+            tf.debugging.assert_equal(shape[1:3] % stride, 0, message="embed: frames height and "
+                                      f"width must be multiples of {stride} (the feature "
+                                      "stride); got (H, W) mod 8 ="),
+        ]
+        with tf.control_dependencies(checks):
+            x = tops.normalize_frames(frames)
+        return {"features": encoder(x, training=False)}
+
+    def step(joint_topk):
+        def propagate(context_feats, context_labels, queries, allowed, short_term, topk,
+                      temperature):
+            return {"labels": vote(context_feats, context_labels, queries, allowed, short_term,
+                                   topk=topk, temperature=temperature, joint_topk=joint_topk)}
+        return propagate
+
+    # The first endpoint is also `serving_default`.
+    archive.add_endpoint("embed", embed, input_signature=[FRAMES_SPEC])
+    archive.add_endpoint("propagate", step(True), input_signature=PROPAGATE_SPECS)
+    archive.add_endpoint("propagate_per_frame", step(False), input_signature=PROPAGATE_SPECS)
+    return archive
+
+
+def next_version(model_dir):
+    """1 + the largest integer version folder in `model_dir` (1 when there is none)."""
+    model_dir = pathlib.Path(model_dir)
+    versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def export_saved_model(encoder, model_dir, version=None, overwrite=False):
+    """Writes `model_dir/<version>/` (SavedModel) and returns that path.
+
+    The folder is written beside the target and renamed into place, so a version folder that
+    exists is complete (TF Serving may be watching `model_dir`).
+    """
+    model_dir = pathlib.Path(model_dir)
+    version = next_version(model_dir) if version is None else int(version)
+    if version < 1:
+        raise ValueError(f"version must be a positive integer, got {version}")
+    target = model_dir / str(version)
+    if target.exists() and not overwrite:
+        raise ValueError(f"{target}: already exists (pick another version, or overwrite: --overwrite)")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = model_dir / f".{version}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_archive(encoder).write_out(str(tmp), verbose=False)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def convert_tflite(saved_model_dir, quantize=None):
+    """SavedModel -> .tflite bytes with all `SIGNATURES`, TFLite builtin ops only.
+
+    Args:
+      quantize: None (float32), "fp16" (float16 weights) or "int8" (dynamic-range int8 weights,
+        float activations).
+    Raises:
+      ValueError: unknown `quantize`. The converter itself fails if an op needs Flex (TF) ops.
+    """
+    if quantize not in (None, *QUANTIZATIONS):
+        raise ValueError(f"quantize must be one of {QUANTIZATIONS} or None, got {quantize!r}")
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir),
+                                                         signature_keys=list(SIGNATURES))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantize is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    return converter.convert()
+
+
+def tflite_ops(model):
+    """Names of the ops in every subgraph of a .tflite (path or bytes), from TF's analyzer."""
+    out = io.StringIO()
+    kwargs = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
+    with contextlib.redirect_stdout(out):
+        tf.lite.experimental.Analyzer.analyze(**kwargs)
+    return set(re.findall(r"^\s*Op#\d+ (\w+)\(", out.getvalue(), flags=re.M))
+
+
+def tflite_path(model_dir, quantize=None):
+    """export/<name> -> export/<name>.tflite, export/<name>.<quantize>.tflite."""
+    model_dir = pathlib.Path(model_dir)
+    suffix = ".tflite" if quantize is None else f".{quantize}.tflite"
+    return model_dir.parent / (model_dir.name + suffix)
+
+
+def export(encoder, model_dir, version=None, quantize=(), tflite=True, overwrite=False):
+    """SavedModel (`model_dir/<version>/`) and .tflite files next to `model_dir`.
+
+    Returns:
+      dict: "saved_model" -> version folder, "tflite" / "tflite_<q>" -> .tflite paths.
+    """
+    for q in quantize:
+        if q not in QUANTIZATIONS:
+            raise ValueError(f"quantize: unknown {q!r}, expected some of {QUANTIZATIONS}")
+    written = {"saved_model": export_saved_model(encoder, model_dir, version, overwrite)}
+    if tflite:
+        for q in (None, *quantize):
+            path = tflite_path(model_dir, q)
+            path.write_bytes(convert_tflite(written["saved_model"], q))
+            written["tflite" if q is None else f"tflite_{q}"] = path
+    return written
+
+
+# ----------------------------------------------------------------------------------------------
+# Runtimes: embed + label step through an exported graph, for `Propagator(embed, step=...)`
+# ----------------------------------------------------------------------------------------------
+
+def find_saved_model(path):
+    """A SavedModel folder, or the newest integer version inside a TF Serving model folder."""
+    path = pathlib.Path(path)
+    if (path / "saved_model.pb").is_file():
+        return path
+    versions = sorted((int(p.name), p) for p in path.glob("*")
+                      if p.name.isdigit() and (p / "saved_model.pb").is_file())
+    return versions[-1][1] if versions else None
+
+
+def is_export(spec):
+    """True if `spec` names a .tflite file or an exported SavedModel (model or version folder)."""
+    path = pathlib.Path(str(spec))
+    if path.suffix == ".tflite":
+        return True
+    return path.is_dir() and find_saved_model(path) is not None
+
+
+def _check_frames(frames):
+    frames = np.asarray(frames)
+    s = prop.FEATURE_STRIDE
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"embed: frames must be uint8 (B, H, W, 3), got {frames.dtype} "
+                         f"{frames.shape}")
+    if frames.shape[1] % s or frames.shape[2] % s:
+        raise ValueError(f"embed: frames height and width must be multiples of {s}, got "
+                         f"{frames.shape[1]}x{frames.shape[2]}")
+    return frames
+
+
+def _step_inputs(context_feats, context_labels, queries, allowed, short_term, topk, temperature):
+    feats = np.asarray(context_feats, np.float32)
+    queries = np.asarray(queries, np.float32)
+    m, n = feats.shape[:2]
+    if allowed is None:
+        allowed = np.ones((queries.shape[0], n), bool)  # no radius: every key allowed
+    if short_term is None:
+        short_term = np.ones((m,), bool)
+    return dict(context_feats=feats, context_labels=np.asarray(context_labels, np.float32),
+                queries=queries, allowed=np.asarray(allowed, bool),
+                short_term=np.asarray(short_term, bool), topk=np.asarray(topk, np.int32),
+                temperature=np.asarray(temperature, np.float32))
+
+
+class SavedModelRuntime:
+    """Runs an exported SavedModel's signatures (TF2 loader).
+
+    Args:
+      path: a SavedModel folder or a TF Serving model folder (newest version used).
+    Attributes:
+      embed(frames uint8 (B, H, W, 3)) -> (B, H/8, W/8, C) numpy.
+      step: `vote`'s interface through the `propagate` / `propagate_per_frame` signature.
+    """
+
+    def __init__(self, path):
+        found = find_saved_model(path)
+        if found is None:
+            raise ValueError(f"{path}: no saved_model.pb (nor integer version folders with one)")
+        self.path = found
+        self._loaded = tf.saved_model.load(str(found))
+        missing = [s for s in SIGNATURES if s not in self._loaded.signatures]
+        if missing:
+            raise ValueError(f"{found}: SavedModel lacks signatures {missing} (not a tc_keras "
+                             "export?)")
+
+    def embed(self, frames):
+        frames = _check_frames(frames)
+        out = self._loaded.signatures["embed"](frames=tf.constant(frames))
+        return out["features"].numpy()
+
+    def step(self, context_feats, context_labels, queries, allowed=None, short_term=None, *,
+             topk, temperature, joint_topk=True):
+        fn = self._loaded.signatures["propagate" if joint_topk else "propagate_per_frame"]
+        inputs = _step_inputs(context_feats, context_labels, queries, allowed, short_term, topk,
+                              temperature)
+        return fn(**{k: tf.constant(v) for k, v in inputs.items()})["labels"].numpy()
+
+
+class TFLiteRuntime:
+    """Runs an exported .tflite's signatures with ai-edge-litert (inputs resized per call).
+
+    The `embed` graph in TFLite does not check that H and W are multiples of 8 (the converter
+    drops asserts); `embed` here checks it in Python.
+    """
+
+    def __init__(self, path, num_threads=None):
+        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415 (optional dependency)
+
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such .tflite file")
+        self.path = path
+        try:
+            self._interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        except ValueError as e:
+            raise ValueError(f"{path}: cannot load ({str(e).splitlines()[0]})") from None
+        missing = [s for s in SIGNATURES if s not in self._interpreter.get_signature_list()]
+        if missing:
+            raise ValueError(f"{path}: lacks signatures {missing} (not a tc_keras export?)")
+        self._runners = {s: self._interpreter.get_signature_runner(s) for s in SIGNATURES}
+
+    def embed(self, frames):
+        return self._runners["embed"](frames=_check_frames(frames))["features"]
+
+    def step(self, context_feats, context_labels, queries, allowed=None, short_term=None, *,
+             topk, temperature, joint_topk=True):
+        runner = self._runners["propagate" if joint_topk else "propagate_per_frame"]
+        return runner(**_step_inputs(context_feats, context_labels, queries, allowed,
+                                     short_term, topk, temperature))["labels"]
+
+
+def load_runtime(spec, num_threads=None):
+    """`SavedModelRuntime` or `TFLiteRuntime` for an exported model path (see `is_export`)."""
+    if pathlib.Path(str(spec)).suffix == ".tflite":
+        return TFLiteRuntime(spec, num_threads)
+    return SavedModelRuntime(spec)

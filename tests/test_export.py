@@ -1,0 +1,218 @@
+"""tc_keras.export: SavedModel and TFLite graphs agree with the Keras path; loaders; errors."""
+
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tc_keras import export
+from tc_keras import propagate as prop
+from tc_keras.label_step import radius_mask, vote
+
+# Float32 features: Keras vs SavedModel vs TFLite differ by kernel summation order only
+# (measured ~4e-7 on unit-norm features); quantised variants are compared by cosine similarity.
+FP32_ATOL = 1e-5
+MIN_COSINE = {"fp16": 0.999, "int8": 0.99}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A seeded random ResNet-18 exported once: (written paths, Keras embed)."""
+    encoder = prop.load_encoder_model("random", depth=18, seed=0)
+    root = tmp_path_factory.mktemp("export")
+    written = export.export(encoder, root / "tc", quantize=export.QUANTIZATIONS)
+    return written, prop.make_embed(encoder)
+
+
+@pytest.fixture(scope="module")
+def runtimes(exported):
+    written, _ = exported
+    return {"saved_model": export.SavedModelRuntime(written["saved_model"].parent),
+            "tflite": export.TFLiteRuntime(written["tflite"]),
+            "fp16": export.TFLiteRuntime(written["tflite_fp16"]),
+            "int8": export.TFLiteRuntime(written["tflite_int8"])}
+
+
+def _frames(batch=2, height=64, width=96, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (batch, height, width, 3), np.uint8)
+
+
+def test_layout_tf_serving(exported, tmp_path):
+    written, _ = exported
+    model_dir = written["saved_model"].parent
+    assert written["saved_model"] == model_dir / "1"
+    assert (model_dir / "1" / "saved_model.pb").is_file()
+    assert written["tflite"] == model_dir.parent / "tc.tflite"
+    assert written["tflite_int8"] == model_dir.parent / "tc.int8.tflite"
+    assert export.next_version(model_dir) == 2
+    assert not list(model_dir.glob(".*partial"))
+    with pytest.raises(ValueError, match="already exists"):
+        export.export_saved_model(None, model_dir, version=1)
+    with pytest.raises(ValueError, match="quantize"):
+        export.export(None, tmp_path / "x", quantize=("int4",))
+
+
+def test_signatures_and_serving_default(exported):
+    written, _ = exported
+    loaded = tf.saved_model.load(str(written["saved_model"]))
+    assert set(export.SIGNATURES) <= set(loaded.signatures)
+    default = loaded.signatures["serving_default"]
+    assert set(default.structured_input_signature[1]) == {"frames"}
+    assert set(default.structured_outputs) == {"features"}
+    spec = loaded.signatures["propagate"].structured_input_signature[1]
+    assert {k: v.dtype for k, v in spec.items()} == {
+        "context_feats": tf.float32, "context_labels": tf.float32, "queries": tf.float32,
+        "allowed": tf.bool, "short_term": tf.bool, "topk": tf.int32, "temperature": tf.float32}
+
+
+def test_features_match_keras(exported, runtimes):
+    _, embed = exported
+    frames = _frames()
+    want = np.asarray(embed(frames))  # (2, 8, 12, 512)
+    assert want.shape == (2, 8, 12, 512)
+    for name, runtime in runtimes.items():
+        got = runtime.embed(frames)
+        assert got.shape == want.shape, name
+        if name in MIN_COSINE:
+            cosine = np.sum(got * want, -1) / np.linalg.norm(got, axis=-1)
+            assert cosine.min() > MIN_COSINE[name], (name, cosine.min())
+        else:
+            np.testing.assert_allclose(got, want, atol=FP32_ATOL, err_msg=name)
+
+
+def test_tflite_resizes_to_other_frame_sizes(runtimes):
+    for size in ((32, 32), (48, 80)):
+        feats = runtimes["tflite"].embed(_frames(1, *size))
+        assert feats.shape == (1, size[0] // 8, size[1] // 8, 512)
+
+
+@pytest.mark.parametrize("joint_topk", [True, False])
+@pytest.mark.parametrize("radius", [None, 2.0])
+def test_propagate_signature_is_vote(runtimes, joint_topk, radius):
+    rng = np.random.default_rng(1)
+    h, w, c, k, m = 4, 6, 16, 3, 3
+    feats = rng.normal(size=(m, h * w, c)).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=-1, keepdims=True)
+    labels = rng.random((m, h * w, k)).astype(np.float32)
+    queries = feats[1, :10] + 0.1  # (Q, C): a chunk of 10 query positions
+    allowed = None if radius is None else radius_mask(h, w, radius)[:10]
+    short_term = np.arange(m) > 0
+    want = np.asarray(vote(feats, labels, queries, allowed, short_term, topk=5,
+                           temperature=0.07, joint_topk=joint_topk))
+    for name, runtime in runtimes.items():
+        got = runtime.step(feats, labels, queries, allowed, short_term, topk=5, temperature=0.07,
+                           joint_topk=joint_topk)
+        np.testing.assert_allclose(got, want, atol=1e-6, err_msg=name)
+
+
+def test_tflite_builtin_ops_only(exported):
+    written, _ = exported
+    for key in ("tflite", "tflite_fp16", "tflite_int8"):
+        names = export.tflite_ops(written[key])
+        # The analyzer saw every subgraph: encoder, joint and per-frame label steps.
+        assert {"CONV_2D", "L2_NORMALIZATION", "TOPK_V2", "GATHER", "SELECT_V2"} <= names, names
+        assert not [n for n in names if n.startswith("Flex") or n == "CUSTOM"], (key, names)
+
+
+def test_converter_refuses_flex_ops(tmp_path):
+    """The builtin-only setting makes conversion fail instead of adding Flex ops."""
+    module = tf.Module()
+    module.f = tf.function(lambda x: {"y": tf.strings.length(tf.strings.as_string(x))},
+                           input_signature=[tf.TensorSpec((None,), tf.float32, name="x")])
+    tf.saved_model.save(module, str(tmp_path / "m"), signatures={"embed": module.f,
+                                                                  "propagate": module.f,
+                                                                  "propagate_per_frame": module.f})
+    with pytest.raises(Exception, match="(?i)flex|not supported|select tf ops"):
+        export.convert_tflite(tmp_path / "m")
+
+
+def test_wrong_inputs_give_clear_errors(exported, runtimes):
+    written, _ = exported
+    fn = tf.saved_model.load(str(written["saved_model"])).signatures["embed"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="multiples of 8"):
+        fn(frames=tf.zeros((1, 60, 64, 3), tf.uint8))
+    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError),
+                       match="expected to be a uint8 tensor but is a float"):
+        fn(frames=tf.zeros((1, 64, 64, 3), tf.float32))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="RGB; got channels"):
+        fn(frames=tf.zeros((1, 64, 64, 4), tf.uint8))
+    for runtime in runtimes.values():
+        with pytest.raises(ValueError, match="multiples of 8, got 60x64"):
+            runtime.embed(np.zeros((1, 60, 64, 3), np.uint8))
+        with pytest.raises(ValueError, match=r"must be uint8 \(B, H, W, 3\), got float32"):
+            runtime.embed(np.zeros((1, 64, 64, 3), np.float32))
+    # The raw TFLite signature runner checks the dtype itself.
+    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
+    runner = Interpreter(model_path=str(written["tflite"])).get_signature_runner("embed")
+    with pytest.raises(ValueError, match="expected type UINT8"):
+        runner(frames=np.zeros((1, 64, 64, 3), np.float32))
+
+
+def test_is_export_and_load_runtime(exported, tmp_path):
+    written, _ = exported
+    version_dir = written["saved_model"]
+    assert export.is_export(version_dir) and export.is_export(version_dir.parent)
+    assert export.is_export(written["tflite"])
+    assert not export.is_export(tmp_path)
+    assert export.find_saved_model(version_dir.parent) == version_dir
+    with pytest.raises(ValueError, match="no such .tflite"):
+        export.load_runtime(tmp_path / "missing.tflite")
+    (tmp_path / "junk.tflite").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="junk.tflite"):
+        export.load_runtime(tmp_path / "junk.tflite")
+
+
+def _saved_model_cli(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(["saved_model_cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+@pytest.mark.slow
+def test_saved_model_cli_session_loader(exported, tmp_path):
+    """saved_model_cli loads with the session-based loader TF Serving uses.
+
+    Its --input_exprs only takes Python literals in TF 2.21 (np.zeros(...) is refused), so arrays
+    go in as .npy files with --inputs.
+    """
+    written, _ = exported
+    sm = written["saved_model"]
+    shown = _saved_model_cli("show", "--all", "--dir", sm)
+    assert shown.returncode == 0, shown.stderr
+    for name in (*export.SIGNATURES, "serving_default"):
+        assert f"signature_def['{name}']" in shown.stdout
+
+    np.save(tmp_path / "frames.npy", np.zeros((1, 64, 64, 3), np.uint8))
+    run = _saved_model_cli("run", "--dir", sm, "--tag_set", "serve", "--signature_def", "embed",
+                           "--inputs", f"frames={tmp_path / 'frames.npy'}",
+                           "--outdir", tmp_path / "embed_out")
+    assert run.returncode == 0, run.stderr
+    assert np.load(tmp_path / "embed_out" / "features.npy").shape == (1, 8, 8, 512)
+
+    rng = np.random.default_rng(0)
+    arrays = {"context_feats": rng.normal(size=(2, 16, 8)).astype(np.float32),
+              "context_labels": rng.random((2, 16, 3)).astype(np.float32),
+              "queries": rng.normal(size=(5, 8)).astype(np.float32),
+              "allowed": np.ones((5, 16), bool), "short_term": np.array([False, True])}
+    for key, value in arrays.items():
+        np.save(tmp_path / f"{key}.npy", value)
+    run = _saved_model_cli(
+        "run", "--dir", sm, "--tag_set", "serve", "--signature_def", "propagate",
+        "--inputs", ";".join(f"{k}={tmp_path / k}.npy" for k in arrays),
+        "--input_exprs", "topk=4;temperature=0.05", "--outdir", tmp_path / "prop_out")
+    assert run.returncode == 0, run.stderr
+    want = np.asarray(vote(*arrays.values(), topk=4, temperature=0.05))
+    np.testing.assert_allclose(np.load(tmp_path / "prop_out" / "labels.npy"), want, atol=1e-6)
+
+    bad = tmp_path / "frames60.npy"
+    np.save(bad, np.zeros((1, 60, 64, 3), np.uint8))
+    run = _saved_model_cli("run", "--dir", sm, "--tag_set", "serve", "--signature_def", "embed",
+                           "--inputs", f"frames={bad}")
+    assert run.returncode != 0 and "multiples of 8" in run.stderr
+
+    scan = _saved_model_cli("scan", "--dir", sm)
+    assert scan.returncode == 0, scan.stderr
+    assert "does not contain the default denylisted ops" in scan.stdout + scan.stderr
+

@@ -1,0 +1,100 @@
+"""tools/export.py end to end, and tools/propagate.py through Keras, SavedModel and TFLite."""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from tc_keras import propagate as prop
+from tc_keras.data import synthetic
+from tc_keras.data import video as video_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+_TF_NOISE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} |INFO: Created)")
+
+
+def run_tool(tool, *args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, str(ROOT / "tools" / tool), *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A training-style workdir (encoder.keras of a seeded random ResNet-18), exported by the tool."""
+    root = tmp_path_factory.mktemp("tools_export")
+    workdir = root / "workdir"
+    workdir.mkdir()
+    prop.load_encoder_model("random", depth=18, seed=3).save(workdir / "encoder.keras")
+    (workdir / "config.json").write_text("{}")
+    result = run_tool("export.py", "--checkpoint", workdir, "--out", root / "export" / "tc")
+    assert result.returncode == 0, result.stderr
+    assert "saved_model: " in result.stdout and "tflite: " in result.stdout
+    return workdir, root / "export"
+
+
+def test_next_version_and_one_line_errors(exported):
+    workdir, out = exported
+    result = run_tool("export.py", "--checkpoint", workdir, "--out", out / "tc", "--notflite")
+    assert result.returncode == 0, result.stderr
+    assert (out / "tc" / "2" / "saved_model.pb").is_file()
+    for args, names in (
+            (("--checkpoint", workdir, "--out", out / "tc", "--version", 1), ["already exists"]),
+            (("--checkpoint", out / "nope", "--out", out / "x"), [out / "nope"]),
+            (("--out", out / "x", "--quantize", "int4"), ["--quantize int4"]),
+            (("--checkpoint", workdir), ["--out"])):
+        result = run_tool("export.py", *args)
+        assert result.returncode == 1, result.stderr
+        lines = [ln for ln in result.stderr.strip().splitlines() if not _TF_NOISE.match(ln)]
+        assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+        for name in names:
+            assert str(name) in lines[0], lines[0]
+    assert not (out / "x").exists()
+
+
+def test_propagate_masks_identical_across_runtimes(exported, tmp_path):
+    """Keras (workdir), SavedModel and TFLite give the same masks through tools/propagate.py."""
+    workdir, out = exported
+    frames, masks = synthetic.render_video(5, frames=8, size=(64, 96), num_objects=(2, 2))
+    video = video_lib.write_video(tmp_path / "clip.mp4", frames, fps=12)
+    synthetic.save_mask(tmp_path / "mask.png", masks[0])
+    results = {}
+    for name, encoder in (("keras", workdir), ("saved_model", out / "tc"),
+                          ("saved_model_v1", out / "tc" / "1"), ("tflite", out / "tc.tflite")):
+        # radius 3 cells at this 8x12 feature size, so the radius mask input is exercised.
+        result = run_tool("propagate.py", "--video", video, "--labels", tmp_path / "mask.png",
+                          "--out", tmp_path / name, "--encoder", encoder, "--radius", 3,
+                          "--nooverlay")
+        assert result.returncode == 0, (name, result.stderr)
+        results[name] = np.stack([np.asarray(Image.open(p))
+                                  for p in sorted((tmp_path / name).glob("*.png"))])
+    assert results["keras"].shape == (8, 64, 96)
+    assert len(np.unique(results["keras"][-1])) > 1  # something was propagated
+    for name, got in results.items():
+        np.testing.assert_array_equal(got, results["keras"], err_msg=name)
+
+
+def test_propagate_rejects_broken_export(tmp_path):
+    (tmp_path / "bad.tflite").write_bytes(b"junk")
+    frames, masks = synthetic.render_video(5, frames=2, size=(32, 32))
+    video = video_lib.write_video(tmp_path / "clip.mp4", frames, fps=12)
+    synthetic.save_mask(tmp_path / "mask.png", masks[0])
+    result = run_tool("propagate.py", "--video", video, "--labels", tmp_path / "mask.png",
+                      "--out", tmp_path / "o", "--encoder", tmp_path / "bad.tflite")
+    assert result.returncode == 1
+    lines = [ln for ln in result.stderr.strip().splitlines() if not _TF_NOISE.match(ln)]
+    assert len(lines) == 1 and "bad.tflite" in lines[0], result.stderr
+
+
+def test_keras_loader_reads_workdir(exported):
+    workdir, _ = exported
+    model = prop.load_encoder_model(str(workdir))
+    assert isinstance(model, keras.Model)
+    assert model(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 4, 4, 512)

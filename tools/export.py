@@ -1,0 +1,70 @@
+r"""Exports an encoder + the label step as a SavedModel (TF Serving layout) and .tflite files.
+
+  python tools/export.py --checkpoint workdir/run1 --out export/timecycle --quantize fp16,int8
+  -> export/timecycle/1/ (SavedModel; the next free version unless --version),
+     export/timecycle.tflite, export/timecycle.fp16.tflite, export/timecycle.int8.tflite
+
+Without --checkpoint the encoder is freshly initialised (seeded), for trying the path. Signatures
+(embed / serving_default, propagate, propagate_per_frame) are described in tc_keras/export.py.
+User errors (missing checkpoint, existing version) print one line and exit with status 1.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+from tc_keras import export as export_lib  # noqa: E402
+from tc_keras import propagate as prop  # noqa: E402
+
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Encoder to export: a training workdir (its encoder.keras), an "
+    ".keras file or a .weights.h5 file (default: a freshly initialised encoder).")
+_OUT = flags.DEFINE_string("out", None, "Model folder, e.g. export/<name>: the SavedModel goes "
+                           "to <out>/<version>/, the .tflite files next to it as <out>*.tflite.")
+_DEPTH = flags.DEFINE_enum("depth", "18", ["18", "50"], "ResNet depth for a fresh encoder or a "
+                           ".weights.h5 checkpoint (default 18).")
+_SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed without --checkpoint (default 0).")
+_VERSION = flags.DEFINE_integer("version", None, "SavedModel version folder, a positive integer "
+                                "(default: 1 + the largest existing one, 1 if none).")
+_QUANTIZE = flags.DEFINE_list(
+    "quantize", [], "Extra .tflite variants besides float32, comma-separated: fp16 (float16 "
+    "weights), int8 (dynamic-range int8 weights) (default: none).")
+_TFLITE = flags.DEFINE_bool("tflite", True, "Also write the .tflite files (default true).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --version folder.")
+
+
+def _quantize_values(values):
+    out = [v.strip() for v in values if v.strip()]
+    bad = [v for v in out if v not in export_lib.QUANTIZATIONS]
+    if bad:
+        raise ValueError(f"--quantize {','.join(bad)}: expected {export_lib.QUANTIZATIONS}")
+    return tuple(dict.fromkeys(out))
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # TF's INFO lines about signature names, assets
+    try:
+        if not _OUT.value:
+            raise ValueError("--out is required (e.g. export/<name>)")
+        spec = _CHECKPOINT.value or "random"
+        if spec in ("random", "identity") and _CHECKPOINT.value:
+            raise ValueError(f"--checkpoint {spec}: expected a workdir, .keras or .weights.h5")
+        quantize = _quantize_values(_QUANTIZE.value)
+        encoder = prop.load_encoder_model(spec, int(_DEPTH.value), _SEED.value)
+        written = export_lib.export(encoder, _OUT.value, _VERSION.value, quantize, _TFLITE.value,
+                                    _OVERWRITE.value)
+        for kind, path in written.items():
+            print(f"{kind}: {path}")
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)
