@@ -27,9 +27,10 @@ def define_flags():
     # Where things go.
     f.DEFINE_string("workdir", None, "Run folder: checkpoints, TensorBoard logs, config.json, "
                     "encoder.keras. Rerunning with the same workdir resumes. Required.")
-    f.DEFINE_string("data", SYNTHETIC, "Prepared shards (folder, manifest.jsonl or glob, see "
-                    "tools/prepare_vlog.py), or 'synthetic': generate and prepare a small corpus of "
-                    "synthetic videos in <workdir>/data (no download). Default: synthetic.")
+    f.DEFINE_string("data", SYNTHETIC, "Comma-separated training data: prepared shards (folder, "
+                    "manifest.jsonl or glob, see tools/prepare_vlog.py) and/or 'synthetic' "
+                    "(generate and prepare a small corpus of synthetic videos in <workdir>/data; "
+                    "no download). Default: synthetic.")
     f.DEFINE_integer("synthetic_videos", 16, "Videos in the synthetic corpus (count). Default 16.")
     f.DEFINE_integer("synthetic_frames", 60, "Frames per synthetic video (count). Default 60.")
     f.DEFINE_integer("synthetic_size", 256, "Height and width of synthetic videos (px). Default 256.")

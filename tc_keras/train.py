@@ -57,19 +57,21 @@ def task_dir(workdir, strategy):
 
 
 def resolve_data(config, workdir):
-    """Shard files for --data; builds the synthetic corpus first for --data=synthetic."""
+    """Shard files for --data (comma-separated sources); `synthetic` builds that corpus first."""
     from tc_keras.data import prepare, synthetic
 
     d = config.data
-    if d.data == tconfig.SYNTHETIC:
-        logging.info("Generating and preparing %d synthetic videos in %s/data",
-                     d.synthetic_videos, workdir)
-        shards_dir = synthetic.prepared_corpus(
-            pathlib.Path(workdir) / "data", num_videos=d.synthetic_videos,
-            frames=d.synthetic_frames, size=(d.synthetic_size, d.synthetic_size),
-            seed=config.train.seed)
-        return prepare.resolve_shards(shards_dir)
-    return prepare.resolve_shards(d.data)
+    shards = []
+    for source in [s.strip() for s in d.data.split(",") if s.strip()]:
+        if source == tconfig.SYNTHETIC:
+            logging.info("Generating and preparing %d synthetic videos in %s/data",
+                         d.synthetic_videos, workdir)
+            source = synthetic.prepared_corpus(
+                pathlib.Path(workdir) / "data", num_videos=d.synthetic_videos,
+                frames=d.synthetic_frames, size=(d.synthetic_size, d.synthetic_size),
+                seed=config.train.seed)
+        shards += prepare.resolve_shards(source)
+    return sorted(set(shards))
 
 
 def count_videos(shards):

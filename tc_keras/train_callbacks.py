@@ -1,6 +1,8 @@
 """The training monitor: log lines, TensorBoard, checkpoints on a step period, stop conditions."""
 
+import json
 import math
+import pathlib
 import time
 
 import keras
@@ -19,7 +21,8 @@ class TrainingMonitor(keras.callbacks.Callback):
 
     Args:
       save: callable(reason) that writes a checkpoint.
-      logdir: TensorBoard folder.
+      logdir: TensorBoard folder; the same scalars also go, one JSON line per log step, to
+        `metrics.jsonl` beside it (easy to plot without TensorBoard).
       log_every, checkpoint_every, image_every: periods in steps (image_every 0 = never).
       vis_batch: a fixed batch to draw tracked boxes on (or None).
     Attributes:
@@ -30,6 +33,7 @@ class TrainingMonitor(keras.callbacks.Callback):
         super().__init__()
         self.save = save
         self.writer = tf.summary.create_file_writer(str(logdir))
+        self.metrics_path = pathlib.Path(logdir).parent / "metrics.jsonl"
         self.log_every = log_every
         self.checkpoint_every = checkpoint_every
         self.image_every = image_every
@@ -75,6 +79,8 @@ class TrainingMonitor(keras.callbacks.Callback):
             tf.summary.scalar("learning_rate", lr)
             tf.summary.scalar("steps_per_second", rate)
         self.writer.flush()
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(dict(step=step, steps_per_second=rate, learning_rate=lr, **logs)) + "\n")
         terms = " ".join(f"{k}={logs[k]:.4f}" for k in LOG_TERMS if k in logs)
         logging.info("step %d: %s (%.2f steps/s)", step, terms, rate)
         # Each log line and scalar covers the steps since the previous one.

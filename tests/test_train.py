@@ -80,15 +80,16 @@ def test_monitor_stops_on_non_finite_loss_naming_the_step():
 def test_resume_after_kill_continues_from_checkpoint(tmp_path):
     workdir = tmp_path / "run"
     cmd = train_cmd(workdir, "--train_steps=8", "--checkpoint_every=3")
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    log = open(tmp_path / "first_run.log", "w+")  # a file: a full pipe would stall the run
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=log, text=True)
     ckpt = workdir / "ckpt"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if list(ckpt.glob("ckpt-3.index")):
             break
         time.sleep(0.2)
-    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    log.seek(0)
+    assert proc.poll() is None, log.read()[-3000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (workdir / "ckpt" / "ckpt-8.index").exists()
@@ -101,6 +102,8 @@ def test_resume_after_kill_continues_from_checkpoint(tmp_path):
     assert (workdir / "encoder.keras").exists()
     assert json.loads((workdir / "config.json").read_text())["train"]["train_steps"] == 8
     assert list((workdir / "tb").glob("events.out.tfevents.*"))
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 8 and {"loss", "long", "skip", "sim", "sim_1"} <= set(rows[-1])
     # A third run finds the work done.
     again = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "nothing to do" in again.stderr
@@ -121,25 +124,28 @@ def test_two_workers_train_together_and_agree(tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     workdir = tmp_path / "mw"
-    procs = []
+    procs, logs = [], []
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         # Synchronised BatchNorm, so that the moving statistics agree too (without it each worker
         # keeps its own, as with per-GPU BatchNorm; the trained weights agree either way).
         cmd = train_cmd(workdir, "--train_steps=3", "--checkpoint_every=3", "--strategy=auto",
                         "--batch_size=4", "--image_every=0", "--sync_batchnorm")
+        # Logs go to files: a full stderr pipe would block one worker and stall both.
+        logs.append(open(tmp_path / f"worker{index}.log", "w+"))
         procs.append(subprocess.Popen(cmd, env=env(TF_CONFIG=tf_config), stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, text=True))
+                                      stderr=logs[-1], text=True))
     errs = []
-    for p in procs:
+    for p, log in zip(procs, logs):
         try:
-            _, err = p.communicate(timeout=420)
+            p.wait(timeout=420)
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
             raise
-        errs.append(err)
-        assert p.returncode == 0, err[-3000:]
+        log.seek(0)
+        errs.append(log.read())
+        assert p.returncode == 0, errs[-1][-3000:]
     assert "on 2 replica(s)" in errs[0]
     chief = keras.saving.load_model(workdir / "encoder.keras")
     other = keras.saving.load_model(workdir / "workers" / "worker-1" / "encoder.keras")
