@@ -4,14 +4,15 @@
     python bench/data_pipeline.py --num_videos 32 --batch_size 8 --long_frames 2000
 
 1. Writes a synthetic corpus (tc_keras.data.synthetic), prepares it into shards, and times the
-   training pipeline (240 crop, 4 past frames) after a warm-up: clips per second.
+   training pipeline (240 crop, 4 past frames) after a warm-up: clips per second. In the same run
+   it times the train step at the same settings (bench/train_step.py, data excluded) and prints
+   the ratio pipeline clips/s / train-step clips/s.
 2. Peak RSS of `prepare` (one worker, in a fresh process, above the RSS after importing
    TensorFlow) on a short and on a long synthetic video. prepare streams frames; one record per
    video holds the whole video's JPEGs, so the long video should cost about twice its JPEG bytes,
    well below its raw frames (frames x H x W x 3 bytes).
 
-Figures only; nothing here asserts timings. `pipeline_clips_per_second` is importable, and main()
-collects figures in a dict so a train-step measurement can be added beside them.
+Figures only; nothing here asserts timings.
 """
 
 import json
@@ -32,6 +33,8 @@ _SIZE = flags.DEFINE_integer("size", 256, "Synthetic video height and width, pix
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Clips per batch.")
 _CROP = flags.DEFINE_integer("crop_size", 240, "Crop size, pixels (paper: 240).")
 _BATCHES = flags.DEFINE_integer("batches", 30, "Timed batches (after warm-up).")
+_DEPTH = flags.DEFINE_integer("depth", 18, "Encoder depth of the train-step measurement (18|50).")
+_STEPS = flags.DEFINE_integer("train_steps", 3, "Timed train steps (after 2 warm-up steps).")
 _LONG = flags.DEFINE_integer("long_frames", 2000, "Frames of the long video for the RSS test; "
                              "0 skips the memory measurement.")
 
@@ -107,7 +110,14 @@ def main(argv):
     figures["prepare corpus, s"] = time.perf_counter() - start
     figures["pipeline clips/s"] = pipeline_clips_per_second(
         workdir / "shards", batch_size=_BATCH.value, crop_size=_CROP.value, batches=_BATCHES.value)
-    # The integrator adds here: figures["train step clips/s"] and the ratio to the pipeline.
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+    from train_step import time_train_step
+
+    step = time_train_step(_DEPTH.value, batch_size=_BATCH.value, crop_size=_CROP.value,
+                           num_past=4, steps=_STEPS.value)
+    figures[f"train step clips/s (ResNet-{_DEPTH.value}, same settings)"] = 1.0 / step["seconds_per_clip"]
+    figures["pipeline / train step (>= 2: training never waits for data)"] = (
+        figures["pipeline clips/s"] * step["seconds_per_clip"])
 
     if _LONG.value:
         short = synthetic.write_corpus(workdir / "short", 1, frames=_FRAMES.value, size=size)[0]
