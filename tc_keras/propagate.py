@@ -271,22 +271,22 @@ class Propagator:
                 short_t, **self._kwargs(n))))
         return np.concatenate(out, 0)
 
-    def _local_step(self, first_feats, first_labels, feat_buf, label_buf, query, tiles):
-        """Chunked `local_step` over query tiles -> (N, K)."""
+    def _local_step(self, first_feats, first_labels, feat_buf, label_buf, query, tiles,
+                    key_index, allowed):
+        """Chunked `local_step` over query tiles -> (N, K); `key_index`, `allowed`: the tiles'
+        as tensors, converted once per video (a numpy -> tensor conversion copies)."""
         n, s, c = feat_buf.shape
         t, p = tiles.query_index.shape
         r = tiles.key_index.shape[1]
         # Per tile: logits P * (N + S*R), gathered key features S * R * C.
         chunk = max(1, MAX_LOGITS // max(p * (len(first_feats) * n + s * r), s * r * c))
         args = [ops.convert_to_tensor(x) for x in (first_feats, first_labels, feat_buf, label_buf)]
-        queries = query[tiles.query_index]  # (N, C) -> (T, P, C)
+        queries = ops.convert_to_tensor(query[tiles.query_index])  # (N, C) -> (T, P, C)
         out = []
         for start in range(0, t, chunk):
-            part = slice(start, start + chunk)
             out.append(ops.convert_to_numpy(self.local_step(
-                *args, ops.convert_to_tensor(queries[part]),
-                ops.convert_to_tensor(tiles.key_index[part]),
-                ops.convert_to_tensor(tiles.allowed[part]), **self._kwargs(n))))
+                *args, queries[start:start + chunk], key_index[start:start + chunk],
+                allowed[start:start + chunk], **self._kwargs(n))))
         out = np.concatenate(out, 0)  # (T, P, K)
         return out.reshape(t * p, -1)[tiles.slot]  # (T, P, K) -> (T*P, K) -> (N, K)
 
@@ -318,7 +318,9 @@ class Propagator:
         radius = self.config.radius
         if radius is not None and context and self.local_step is not None:
             tiles = local_tiles(h, w, radius)
-            step = functools.partial(self._local_step, tiles=tiles)
+            step = functools.partial(self._local_step, tiles=tiles,
+                                     key_index=ops.convert_to_tensor(tiles.key_index),
+                                     allowed=ops.convert_to_tensor(tiles.allowed))
         else:
             allowed = None if radius is None or not context else radius_mask(h, w, radius)
             step = functools.partial(self._dense_step, allowed=allowed)
