@@ -32,8 +32,9 @@ MASKED_LOGIT = -1e4
 
 
 # Query tile (ty, tx) of `vote_local`. Smaller tiles waste fewer keys ((ty + 2r)(tx + 2r) region
-# vs the (2r + 1)^2 window) but gather more key features per query; 8x8 was the fastest at 480p
-# with r = 12 on CPU (bench/propagate.py; 4x4 and whole-row bands were slower).
+# vs the (2r + 1)^2 window) but gather more key features per query (R / P copies of the context).
+# Label step at 480p, r = 12, 2 CPU cores: 8x8 2.4 s/frame, 12x12 2.3, 6x6 2.8, 4x4 4.4, and
+# whole-row bands (1 x w, R = 25 rows x 107) 7.5 (dense `vote`: ~8.5).
 LOCAL_TILE = (8, 8)
 
 
