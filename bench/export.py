@@ -10,10 +10,12 @@ temporary folder, then, in one process:
 1. embed: one 480x856 uint8 frame per call (DAVIS 854x480 rounded to the nearest multiple of 8,
    the size the default native-resolution protocol feeds the encoder). One untimed warm-up call,
    then the median of --repeats calls. TFLite runs ai-edge-litert with --threads threads (XNNPACK).
-2. propagate (label step, default protocol: M = 21 context frames, joint top-10, radius 12 at the
-   60x107 feature size, N = 6420): the Propagator processes a frame in chunks of
-   MAX_LOGITS // (M*N) = 248 query positions; --step_chunks chunks are timed (after one warm-up)
-   and the per-frame time is extrapolated to all ceil(N / 248) = 26 chunks.
+2. label step (default protocol: M = 21 context frames, joint top-10, radius 12 at the 60x107
+   feature size, N = 6420), chunked as the Propagator chunks it; --step_chunks chunks are timed
+   (after one warm-up) and the per-frame time is extrapolated to all chunks of a frame.
+   "dense": `propagate` (vote with the radius mask), chunks of MAX_LOGITS // (M*N) = 248 queries,
+   26 chunks. "local": `propagate_local` (vote_local, what the Propagator runs with a radius),
+   8x8-query tiles, chunks of a few tiles.
 3. Sizes on disk: the SavedModel folder and each .tflite file.
 
 Few repeats on a shared 2-core CPU: read the figures to about +-20%.
@@ -34,7 +36,7 @@ import numpy as np  # noqa: E402
 
 from tc_keras import export as export_lib  # noqa: E402
 from tc_keras import propagate as prop  # noqa: E402
-from tc_keras.label_step import radius_mask, vote  # noqa: E402
+from tc_keras.label_step import local_tiles, radius_mask, vote, vote_local  # noqa: E402
 
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed embed calls per runtime (median reported).")
 _STEP_CHUNKS = flags.DEFINE_integer("step_chunks", 2, "Timed label-step chunks per runtime "
@@ -73,7 +75,7 @@ def main(argv):
                                     quantize=export_lib.QUANTIZATIONS)
         print(f"export (SavedModel + 3 .tflite): {time.perf_counter() - start:.1f} s")
         runtimes = {
-            "keras": (prop.make_embed(encoder), vote),
+            "keras": (prop.make_embed(encoder), vote, vote_local),
             "saved_model": export_lib.SavedModelRuntime(written["saved_model"]),
             "tflite fp32": export_lib.TFLiteRuntime(written["tflite"], _THREADS.value),
             "tflite fp16": export_lib.TFLiteRuntime(written["tflite_fp16"], _THREADS.value),
@@ -95,23 +97,42 @@ def main(argv):
         labels = rng.random((m, n, 2)).astype(np.float32)
         allowed = radius_mask(h, w, config.radius)[:chunk]
         short_term = np.arange(m) > 0
+        # The local step: chunk size as in Propagator._local_step.
+        tiles = local_tiles(h, w, config.radius)
+        t, p = tiles.query_index.shape
+        r = tiles.key_index.shape[1]
+        local_chunk = max(1, prop.MAX_LOGITS // max(p * (n + (m - 1) * r),
+                                                 (m - 1) * r * feats.shape[-1]))
+        num_local_chunks = -(-t // local_chunk)
+        part = slice(0, local_chunk)
+        local_args = (feats[:1], labels[:1], np.ascontiguousarray(feats[1:].transpose(1, 0, 2)),
+                      np.ascontiguousarray(labels[1:].transpose(1, 0, 2)),
+                      feats[1][tiles.query_index[part]], tiles.key_index[part],
+                      tiles.allowed[part])
 
         print(f"\n{_DEPTH.value}-layer ResNet, frame {HEIGHT}x{WIDTH} -> features {h}x{w}; "
-              f"label step M={m}, N={n}, chunk {chunk} queries x {num_chunks} chunks/frame; "
-              f"TFLite threads {_THREADS.value}; embed median of {_REPEATS.value}, "
+              f"label step M={m}, N={n}; dense: chunk {chunk} queries x {num_chunks} chunks/frame; "
+              f"local: {p}-query tiles, chunk {local_chunk} tiles x {num_local_chunks} "
+              f"chunks/frame; TFLite threads {_THREADS.value}; embed median of {_REPEATS.value}, "
               f"step median of {_STEP_CHUNKS.value} chunks")
-        print(f"{'runtime':<13} {'embed s/frame':>14} {'step s/frame':>13} {'size MB':>8}")
+        print(f"{'runtime':<13} {'embed s/frame':>14} {'dense step s/frame':>19} "
+              f"{'local step s/frame':>19} {'size MB':>8}")
+        kwargs = dict(topk=config.topk, temperature=config.temperature,
+                      joint_topk=config.joint_topk)
         for name, runtime in runtimes.items():
-            embed, step = runtime if name == "keras" else (runtime.embed, runtime.step)
+            embed, step, local_step = runtime if name == "keras" else (
+                runtime.embed, runtime.step, runtime.local_step)
             t_embed = _median_time(lambda: np.asarray(embed(frame)), _REPEATS.value)
-            t_step = float("nan")
+            t_step = t_local = float("nan")
             if _STEP_CHUNKS.value:
                 t_step = num_chunks * _median_time(lambda: np.asarray(step(
-                    feats, labels, feats[1, :chunk], allowed, short_term, topk=config.topk,
-                    temperature=config.temperature, joint_topk=config.joint_topk)),
+                    feats, labels, feats[1, :chunk], allowed, short_term, **kwargs)),
                     _STEP_CHUNKS.value)
+                t_local = num_local_chunks * _median_time(
+                    lambda: np.asarray(local_step(*local_args, **kwargs)), _STEP_CHUNKS.value)
             size = "-" if sizes[name] is None else f"{sizes[name] / 1e6:.1f}"
-            print(f"{name:<13} {t_embed:>14.3f} {t_step:>13.2f} {size:>8}", flush=True)
+            print(f"{name:<13} {t_embed:>14.3f} {t_step:>19.2f} {t_local:>19.2f} {size:>8}",
+                  flush=True)
 
 
 if __name__ == "__main__":

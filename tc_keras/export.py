@@ -19,6 +19,21 @@ Signatures (every input required; SavedModel signatures cannot give inputs defau
     temperature float32 () -> labels float32 (Q, K).
 - `propagate_per_frame`: the same with per-frame top-k (the paper protocol, `joint_topk=False`);
   topk <= N.
+- `propagate_local`: the label step with a radius, `tc_keras.label_step.vote_local` (joint top-k),
+  what `Propagator` calls when the protocol has a radius (same labels as `propagate` with the
+  radius mask, several times faster at 480p). Queries come in tiles of P positions, each matched
+  against the N-positions of its key region (R of them) in the short-term frames, and densely
+  against the long-term frames; `tc_keras.label_step.local_tiles(h, w, radius)` gives the tiling:
+    long_feats float32 (L, N, C), long_labels float32 (L, N, K) (unrestricted frames: the first),
+    short_feats float32 (N, S, C), short_labels float32 (N, S, K) (radius-restricted frames,
+    position-major), queries float32 (T, P, C) (query features tile by tile,
+    `LocalTiles.query_index`), key_index int32 (T, R), allowed bool (T, P, R), topk int32 (),
+    temperature float32 () -> labels float32 (T, P, K) (`LocalTiles.slot` puts them back in
+    position order).
+- `propagate_local_per_frame`: the same with per-frame top-k.
+
+Exports written before `propagate_local*` existed still load; their runtimes have
+`local_step = None` and `Propagator` then runs `propagate` with the dense radius mask.
 
 Min-max normalisation (paper protocol) needs the whole frame and stays a post-step in `Propagator`.
 
@@ -38,9 +53,12 @@ import tensorflow as tf
 
 from tc_keras import ops as tops
 from tc_keras import propagate as prop
-from tc_keras.label_step import vote
+from tc_keras.label_step import vote, vote_local
 
-SIGNATURES = ("embed", "propagate", "propagate_per_frame")
+LOCAL_SIGNATURES = ("propagate_local", "propagate_local_per_frame")
+# Signatures every export has; the local ones are written too but optional when loading.
+REQUIRED_SIGNATURES = ("embed", "propagate", "propagate_per_frame")
+SIGNATURES = REQUIRED_SIGNATURES + LOCAL_SIGNATURES
 QUANTIZATIONS = ("fp16", "int8")
 
 
@@ -55,6 +73,17 @@ PROPAGATE_SPECS = [
     tf.TensorSpec((None, None), tf.float32, name="queries"),  # (Q, C)
     tf.TensorSpec((None, None), tf.bool, name="allowed"),  # (Q, N)
     tf.TensorSpec((None,), tf.bool, name="short_term"),  # (M,)
+    tf.TensorSpec((), tf.int32, name="topk"),
+    tf.TensorSpec((), tf.float32, name="temperature"),
+]
+PROPAGATE_LOCAL_SPECS = [
+    tf.TensorSpec((None, None, None), tf.float32, name="long_feats"),  # (L, N, C)
+    tf.TensorSpec((None, None, None), tf.float32, name="long_labels"),  # (L, N, K)
+    tf.TensorSpec((None, None, None), tf.float32, name="short_feats"),  # (N, S, C)
+    tf.TensorSpec((None, None, None), tf.float32, name="short_labels"),  # (N, S, K)
+    tf.TensorSpec((None, None, None), tf.float32, name="queries"),  # (T, P, C)
+    tf.TensorSpec((None, None), tf.int32, name="key_index"),  # (T, R)
+    tf.TensorSpec((None, None, None), tf.bool, name="allowed"),  # (T, P, R)
     tf.TensorSpec((), tf.int32, name="topk"),
     tf.TensorSpec((), tf.float32, name="temperature"),
 ]
@@ -93,10 +122,22 @@ def build_archive(encoder):
                                    topk=topk, temperature=temperature, joint_topk=joint_topk)}
         return propagate
 
+    def local_step(joint_topk):
+        def propagate_local(long_feats, long_labels, short_feats, short_labels, queries,
+                            key_index, allowed, topk, temperature):
+            return {"labels": vote_local(long_feats, long_labels, short_feats, short_labels,
+                                         queries, key_index, allowed, topk=topk,
+                                         temperature=temperature, joint_topk=joint_topk)}
+        return propagate_local
+
     # The first endpoint is also `serving_default`.
     archive.add_endpoint("embed", embed, input_signature=[FRAMES_SPEC])
     archive.add_endpoint("propagate", step(True), input_signature=PROPAGATE_SPECS)
     archive.add_endpoint("propagate_per_frame", step(False), input_signature=PROPAGATE_SPECS)
+    archive.add_endpoint("propagate_local", local_step(True),
+                         input_signature=PROPAGATE_LOCAL_SPECS)
+    archive.add_endpoint("propagate_local_per_frame", local_step(False),
+                         input_signature=PROPAGATE_LOCAL_SPECS)
     return archive
 
 
@@ -219,6 +260,15 @@ def _check_frames(frames):
     return frames
 
 
+def _local_step_inputs(long_feats, long_labels, short_feats, short_labels, queries, key_index,
+                       allowed, topk, temperature):
+    floats = dict(long_feats=long_feats, long_labels=long_labels, short_feats=short_feats,
+                  short_labels=short_labels, queries=queries)
+    return dict({k: np.asarray(v, np.float32) for k, v in floats.items()},
+                key_index=np.asarray(key_index, np.int32), allowed=np.asarray(allowed, bool),
+                topk=np.asarray(topk, np.int32), temperature=np.asarray(temperature, np.float32))
+
+
 def _step_inputs(context_feats, context_labels, queries, allowed, short_term, topk, temperature):
     feats = np.asarray(context_feats, np.float32)
     queries = np.asarray(queries, np.float32)
@@ -241,6 +291,8 @@ class SavedModelRuntime:
     Attributes:
       embed(frames uint8 (B, H, W, 3)) -> (B, H/8, W/8, C) numpy.
       step: `vote`'s interface through the `propagate` / `propagate_per_frame` signature.
+      local_step: `vote_local`'s interface through `propagate_local` /
+        `propagate_local_per_frame`; None for an export without them.
     """
 
     def __init__(self, path):
@@ -249,10 +301,12 @@ class SavedModelRuntime:
             raise ValueError(f"{path}: no saved_model.pb (nor integer version folders with one)")
         self.path = found
         self._loaded = tf.saved_model.load(str(found))
-        missing = [s for s in SIGNATURES if s not in self._loaded.signatures]
+        missing = [s for s in REQUIRED_SIGNATURES if s not in self._loaded.signatures]
         if missing:
             raise ValueError(f"{found}: SavedModel lacks signatures {missing} (not a tc_keras "
                              "export?)")
+        if not all(s in self._loaded.signatures for s in LOCAL_SIGNATURES):
+            self.local_step = None
 
     def embed(self, frames):
         frames = _check_frames(frames)
@@ -264,6 +318,13 @@ class SavedModelRuntime:
         fn = self._loaded.signatures["propagate" if joint_topk else "propagate_per_frame"]
         inputs = _step_inputs(context_feats, context_labels, queries, allowed, short_term, topk,
                               temperature)
+        return fn(**{k: tf.constant(v) for k, v in inputs.items()})["labels"].numpy()
+
+    def local_step(self, long_feats, long_labels, short_feats, short_labels, queries, key_index,
+                   allowed, *, topk, temperature, joint_topk=True):
+        fn = self._loaded.signatures[LOCAL_SIGNATURES[0 if joint_topk else 1]]
+        inputs = _local_step_inputs(long_feats, long_labels, short_feats, short_labels, queries,
+                                    key_index, allowed, topk, temperature)
         return fn(**{k: tf.constant(v) for k, v in inputs.items()})["labels"].numpy()
 
 
@@ -285,10 +346,14 @@ class TFLiteRuntime:
             self._interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
         except ValueError as e:
             raise ValueError(f"{path}: cannot load ({str(e).splitlines()[0]})") from None
-        missing = [s for s in SIGNATURES if s not in self._interpreter.get_signature_list()]
+        available = self._interpreter.get_signature_list()
+        missing = [s for s in REQUIRED_SIGNATURES if s not in available]
         if missing:
             raise ValueError(f"{path}: lacks signatures {missing} (not a tc_keras export?)")
-        self._runners = {s: self._interpreter.get_signature_runner(s) for s in SIGNATURES}
+        self._runners = {s: self._interpreter.get_signature_runner(s) for s in SIGNATURES
+                         if s in available}
+        if not all(s in available for s in LOCAL_SIGNATURES):
+            self.local_step = None
 
     def embed(self, frames):
         return self._runners["embed"](frames=_check_frames(frames))["features"]
@@ -298,6 +363,13 @@ class TFLiteRuntime:
         runner = self._runners["propagate" if joint_topk else "propagate_per_frame"]
         return runner(**_step_inputs(context_feats, context_labels, queries, allowed,
                                      short_term, topk, temperature))["labels"]
+
+    def local_step(self, long_feats, long_labels, short_feats, short_labels, queries, key_index,
+                   allowed, *, topk, temperature, joint_topk=True):
+        runner = self._runners[LOCAL_SIGNATURES[0 if joint_topk else 1]]
+        return runner(**_local_step_inputs(long_feats, long_labels, short_feats, short_labels,
+                                           queries, key_index, allowed, topk,
+                                           temperature))["labels"]
 
 
 def load_runtime(spec, num_threads=None):

@@ -7,10 +7,12 @@ Three layers, so that each can be reused or exported on its own:
   query position takes the top-k most similar context positions and averages their labels.
   `keras.ops` only, batched, fixed-rank, no data-dependent Python control flow, so it can be
   traced into a SavedModel / TFLite signature.
+  `vote_local` is the same step for a spatial radius, computing only the logits it needs
+  (several times faster at 480p); `vote` with a radius mask is its reference.
 - `Propagator`: streams frames (generator in, generator out), embeds each frame once with any
   callable `embed(frames_uint8 (B, H, W, 3)) -> (B, h, w, C)` (L2-normalised), keeps only the
-  context (first frame + N previous) in a fixed-size ring buffer, so memory does not grow with
-  the length of the video, and feeds its own soft predictions back as context (recurrent).
+  context (first frame + N previous) in fixed-size buffers, so memory does not grow with the
+  length of the video, and feeds its own soft predictions back as context (recurrent).
 - `propagate_mask` / `propagate_keypoints`: label encodings (one-hot masks with object ids,
   Gaussian keypoint heatmaps) and their decoding at frame resolution.
 
@@ -19,6 +21,7 @@ Q query positions, C channels, K label channels, J joints.
 """
 
 import dataclasses
+import functools
 import pathlib
 from typing import Optional
 
@@ -27,8 +30,8 @@ import numpy as np
 from keras import ops
 
 from tc_keras import ops as tops
-from tc_keras.label_step import (MASKED_LOGIT, minmax_normalize, propagate_step,  # noqa: F401
-                                 radius_mask, vote)
+from tc_keras.label_step import (MASKED_LOGIT, LocalTiles, local_tiles,  # noqa: F401
+                                 minmax_normalize, propagate_step, radius_mask, vote, vote_local)
 
 # Total stride of the encoder (PAPER.md, "encoder phi").
 FEATURE_STRIDE = 8
@@ -36,7 +39,8 @@ FEATURE_STRIDE = 8
 # weighted mean gives the keypoint back (PAPER.md, "Inference: label propagation").
 KEYPOINT_SIGMA = 0.5
 KEYPOINT_TOPK = 3
-# Upper bound on the number of logits (M * Q * N) computed at once; bounds the step's memory.
+# Upper bound on the number of logits (M * Q * N, or their local equivalent) and of gathered key
+# features (`vote_local`) computed at once; bounds the step's memory.
 MAX_LOGITS = 2 ** 25
 
 
@@ -210,17 +214,24 @@ class Propagator:
       embed: callable, uint8 frames (B, H', W', 3) at the model size -> (B, h, w, C) L2-normalised
         features, h = H'/8, w = W'/8.
       config: a `PropagationConfig`.
-      step: the label step, a callable with the interface of `label_step.vote` returning (Q, K);
-        default `vote` itself (Keras). An exported model's `propagate` signature
-        (`tc_keras.export` runtimes) plugs in here, so every runtime runs the same step.
+      step: the dense label step, a callable with the interface of `label_step.vote` returning
+        (Q, K); default `vote` itself (Keras). Used without a radius (or without short-term
+        frames), and with a radius when there is no `local_step`.
+      local_step: the label step with a radius, a callable with the interface of
+        `label_step.vote_local` returning (T, P, K). Default: `vote_local` (Keras) when `step` is
+        None too, else None (then `step` runs with the dense radius mask: same labels, slower).
+        An exported model's `propagate*` signatures (`tc_keras.export` runtimes) plug in here, so
+        every runtime runs the same step.
 
     Only the first frame and the `config.context` most recent frames (features and labels) are
-    kept, in fixed-size buffers: memory does not grow with the video length.
+    kept, in fixed-size buffers: memory does not grow with the video length. The recent frames are
+    stored position-major, (N, context, C), the layout `vote_local` gathers from.
     """
 
-    def __init__(self, embed, config=PRESETS["default"], step=None):
+    def __init__(self, embed, config=PRESETS["default"], step=None, local_step=None):
         self.embed = embed
         self.config = config
+        self.local_step = vote_local if step is None and local_step is None else local_step
         self.step = vote if step is None else step
 
     def feature_size(self, height, width):
@@ -237,9 +248,17 @@ class Propagator:
                              f"expected {expected} (stride {FEATURE_STRIDE})")
         return feats  # (h, w, C)
 
-    def _step(self, feats, labels, query, allowed, short_term):
-        """Chunked `vote` over query positions: (M, N, C), (M, N, K), (N, C) -> (N, K)."""
+    def _kwargs(self, n):
+        return dict(topk=min(self.config.topk, n), temperature=self.config.temperature,
+                    joint_topk=self.config.joint_topk)
+
+    def _dense_step(self, first_feats, first_labels, feat_buf, label_buf, query, allowed):
+        """Chunked `step` over query positions -> (N, K); the context as `vote` takes it."""
+        # (N, S, C) -> (S, N, C) after the first frame (1, N, C): (M, N, C), slot order kept.
+        feats = np.concatenate([first_feats, feat_buf.transpose(1, 0, 2)], 0)
+        labels = np.concatenate([first_labels, label_buf.transpose(1, 0, 2)], 0)
         m, n, _ = feats.shape
+        short_term = np.arange(m) > 0
         chunk = max(1, MAX_LOGITS // (m * n))
         feats_t = ops.convert_to_tensor(feats)
         labels_t = ops.convert_to_tensor(labels)
@@ -249,12 +268,27 @@ class Propagator:
             rows = None if allowed is None else ops.convert_to_tensor(allowed[start:start + chunk])
             out.append(ops.convert_to_numpy(self.step(
                 feats_t, labels_t, ops.convert_to_tensor(query[start:start + chunk]), rows,
-                short_t, topk=min(self.config.topk, n), temperature=self.config.temperature,
-                joint_topk=self.config.joint_topk)))
-        out = np.concatenate(out, 0)
-        if self.config.minmax:
-            out = ops.convert_to_numpy(minmax_normalize(out))
-        return out
+                short_t, **self._kwargs(n))))
+        return np.concatenate(out, 0)
+
+    def _local_step(self, first_feats, first_labels, feat_buf, label_buf, query, tiles,
+                    key_index, allowed):
+        """Chunked `local_step` over query tiles -> (N, K); `key_index`, `allowed`: the tiles'
+        as tensors, converted once per video (a numpy -> tensor conversion copies)."""
+        n, s, c = feat_buf.shape
+        t, p = tiles.query_index.shape
+        r = tiles.key_index.shape[1]
+        # Per tile: logits P * (N + S*R), gathered key features S * R * C.
+        chunk = max(1, MAX_LOGITS // max(p * (len(first_feats) * n + s * r), s * r * c))
+        args = [ops.convert_to_tensor(x) for x in (first_feats, first_labels, feat_buf, label_buf)]
+        queries = ops.convert_to_tensor(query[tiles.query_index])  # (N, C) -> (T, P, C)
+        out = []
+        for start in range(0, t, chunk):
+            out.append(ops.convert_to_numpy(self.local_step(
+                *args, queries[start:start + chunk], key_index[start:start + chunk],
+                allowed[start:start + chunk], **self._kwargs(n))))
+        out = np.concatenate(out, 0)  # (T, P, K)
+        return out.reshape(t * p, -1)[tiles.slot]  # (T, P, K) -> (T*P, K) -> (N, K)
 
     def run(self, frames, first_labels):
         """Yields (frame, labels (h, w, K) float32) for every frame, the first included.
@@ -274,23 +308,35 @@ class Propagator:
             raise ValueError(f"first-frame labels are {first_labels.shape[:2]}, expected the "
                              f"feature size {(h, w)}")
         feats0 = self._features(first).reshape(h * w, -1)  # (h, w, C) -> (N, C)
-        m = 1 + self.config.context
-        # Context padded with copies of the first frame (PAPER.md); slot 0 is the first frame.
-        feat_buf = np.repeat(feats0[None], m, axis=0)  # (M, N, C)
-        label_buf = np.repeat(first_labels.reshape(1, h * w, -1), m, axis=0)  # (M, N, K)
-        short_term = np.arange(m) > 0
-        allowed = None if self.config.radius is None else radius_mask(h, w, self.config.radius)
+        labels0 = first_labels.reshape(h * w, -1)  # (h, w, K) -> (N, K)
+        context = self.config.context
+        # The first frame (long-term), and the recent frames (short-term) position-major, padded
+        # with copies of the first frame (PAPER.md).
+        first_feats, first_labels_n = feats0[None], labels0[None]  # (1, N, C), (1, N, K)
+        feat_buf = np.repeat(feats0[:, None], context, axis=1)  # (N, S, C)
+        label_buf = np.repeat(labels0[:, None], context, axis=1)  # (N, S, K)
+        radius = self.config.radius
+        if radius is not None and context and self.local_step is not None:
+            tiles = local_tiles(h, w, radius)
+            step = functools.partial(self._local_step, tiles=tiles,
+                                     key_index=ops.convert_to_tensor(tiles.key_index),
+                                     allowed=ops.convert_to_tensor(tiles.allowed))
+        else:
+            allowed = None if radius is None or not context else radius_mask(h, w, radius)
+            step = functools.partial(self._dense_step, allowed=allowed)
         yield first, first_labels
         for t, frame in enumerate(it, start=1):
             if frame.shape != first.shape:
                 raise ValueError(f"frame {t} is {frame.shape}, the first frame {first.shape}")
             query = self._features(frame).reshape(h * w, -1)  # (N, C)
-            pred = self._step(feat_buf, label_buf, query, allowed, short_term)  # (N, K)
+            pred = step(first_feats, first_labels_n, feat_buf, label_buf, query)  # (N, K)
+            if self.config.minmax:
+                pred = ops.convert_to_numpy(minmax_normalize(pred))
             yield frame, pred.reshape(h, w, -1)
-            if self.config.context:
-                slot = (t - 1) % self.config.context + 1
-                feat_buf[slot] = query
-                label_buf[slot] = pred
+            if context:
+                slot = (t - 1) % context
+                feat_buf[:, slot] = query
+                label_buf[:, slot] = pred
 
 
 def _peek(frames):
@@ -309,7 +355,8 @@ def _same_size(first, frames):
         yield frame
 
 
-def propagate_mask(frames, first_mask, embed, config=PRESETS["default"], step=None):
+def propagate_mask(frames, first_mask, embed, config=PRESETS["default"], step=None,
+                   local_step=None):
     """Propagates an object mask through a video.
 
     Args:
@@ -317,7 +364,7 @@ def propagate_mask(frames, first_mask, embed, config=PRESETS["default"], step=No
       first_mask: (H, W) integer object ids of the first frame (0 = background).
       embed: see `Propagator`; None gives the "identity" baseline (copy the first mask).
       config: a `PropagationConfig`.
-      step: the label step (see `Propagator`); None = `vote` (Keras).
+      step, local_step: the label steps (see `Propagator`); None = `vote` / `vote_local` (Keras).
     Yields:
       (frame, (H, W) mask with the ids of `first_mask`) for every frame, the first included.
     """
@@ -336,7 +383,7 @@ def propagate_mask(frames, first_mask, embed, config=PRESETS["default"], step=No
         return
     ids = np.union1d(ids, [0]).astype(first_mask.dtype)
     onehot = (first_mask[..., None] == ids).astype(np.float32)  # (H, W, K)
-    prop = Propagator(embed, config, step)
+    prop = Propagator(embed, config, step, local_step)
     h, w = prop.feature_size(*first.shape[:2])
     labels0 = ops.convert_to_numpy(ops.image.resize(onehot[None], (h, w), interpolation="area"))[0]
     height, width = first_mask.shape
@@ -382,7 +429,8 @@ def decode_keypoints(heatmaps, image_size, topk=KEYPOINT_TOPK):
     return np.stack([(weights * fx).sum(1) / total, (weights * fy).sum(1) / total], -1)
 
 
-def propagate_keypoints(frames, first_joints, embed, config=PRESETS["default"], step=None):
+def propagate_keypoints(frames, first_joints, embed, config=PRESETS["default"], step=None,
+                        local_step=None):
     """Propagates keypoints as Gaussian heatmaps.
 
     Args:
@@ -390,7 +438,7 @@ def propagate_keypoints(frames, first_joints, embed, config=PRESETS["default"], 
       first_joints: (J, 2) pixel (x, y) joints of the first frame; NaN = not annotated.
       embed: see `Propagator`; None gives the identity baseline (copy the first joints).
       config: a `PropagationConfig`.
-      step: the label step (see `Propagator`); None = `vote` (Keras).
+      step, local_step: the label steps (see `Propagator`); None = `vote` / `vote_local` (Keras).
     Yields:
       (frame, (J, 2) joints in pixels) for every frame, the first included; joints that were NaN
       in the first frame stay NaN.
@@ -403,7 +451,7 @@ def propagate_keypoints(frames, first_joints, embed, config=PRESETS["default"], 
         for frame in _same_size(first, rest):
             yield frame, first_joints
         return
-    prop = Propagator(embed, config, step)
+    prop = Propagator(embed, config, step, local_step)
     size = first.shape[:2]
     feature_size = prop.feature_size(*size)
     maps = keypoint_heatmaps(first_joints, size, feature_size)

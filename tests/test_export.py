@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tc_keras import export
 from tc_keras import propagate as prop
-from tc_keras.label_step import radius_mask, vote
+from tc_keras.label_step import local_tiles, radius_mask, vote, vote_local
 
 # Float32 features: Keras vs SavedModel vs TFLite differ by kernel summation order only
 # (measured ~4e-7 on unit-norm features); quantised variants are compared by cosine similarity.
@@ -107,12 +107,48 @@ def test_propagate_signature_is_vote(runtimes, joint_topk, radius):
         np.testing.assert_allclose(got, want, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.parametrize("joint_topk", [True, False])
+@pytest.mark.parametrize("radius", [1.5, 3.0])
+def test_propagate_local_signature_is_vote_local(runtimes, joint_topk, radius):
+    """Every runtime's local step = Keras `vote_local` = dense `vote` with the radius mask."""
+    rng = np.random.default_rng(2)
+    h, w, c, k, m = 5, 7, 16, 3, 4
+    feats = rng.normal(size=(m, h * w, c)).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=-1, keepdims=True)
+    labels = rng.random((m, h * w, k)).astype(np.float32)
+    query = feats[1] + 0.1  # (N, C)
+    tiles = local_tiles(h, w, radius, (2, 4))  # edge tiles padded on both axes
+    args = (feats[:1], labels[:1], feats[1:].transpose(1, 0, 2), labels[1:].transpose(1, 0, 2),
+            query[tiles.query_index], tiles.key_index, tiles.allowed)
+    kwargs = dict(topk=5, temperature=0.07, joint_topk=joint_topk)
+    want = np.asarray(vote_local(*args, **kwargs))
+    dense = np.asarray(vote(feats, labels, query, radius_mask(h, w, radius), np.arange(m) > 0,
+                            **kwargs))
+    np.testing.assert_allclose(want.reshape(-1, k)[tiles.slot], dense, atol=1e-6)
+    for name, runtime in runtimes.items():
+        got = runtime.local_step(*args, **kwargs)
+        np.testing.assert_allclose(got, want, atol=1e-6, err_msg=name)
+
+
+def test_export_without_local_signatures_still_loads(tmp_path):
+    """An export from before `propagate_local*`: loads, `local_step` None (dense fallback)."""
+    module = tf.Module()
+    module.f = tf.function(lambda x: {"y": x + 1.0},
+                           input_signature=[tf.TensorSpec((None,), tf.float32, name="x")])
+    tf.saved_model.save(module, str(tmp_path / "old"),
+                        signatures={s: module.f for s in export.REQUIRED_SIGNATURES})
+    runtime = export.SavedModelRuntime(tmp_path / "old")
+    assert runtime.local_step is None
+
+
 def test_tflite_builtin_ops_only(exported):
     written, _ = exported
     for key in ("tflite", "tflite_fp16", "tflite_int8"):
         names = export.tflite_ops(written[key])
-        # The analyzer saw every subgraph: encoder, joint and per-frame label steps.
-        assert {"CONV_2D", "L2_NORMALIZATION", "TOPK_V2", "GATHER", "SELECT_V2"} <= names, names
+        # The analyzer saw every subgraph: encoder, joint and per-frame label steps, dense and
+        # local (BATCH_MATMUL, TRANSPOSE: the tiles against their gathered key regions).
+        assert {"CONV_2D", "L2_NORMALIZATION", "TOPK_V2", "GATHER", "SELECT_V2", "BATCH_MATMUL",
+                "TRANSPOSE"} <= names, names
         assert not [n for n in names if n.startswith("Flex") or n == "CUSTOM"], (key, names)
 
 
@@ -121,9 +157,8 @@ def test_converter_refuses_flex_ops(tmp_path):
     module = tf.Module()
     module.f = tf.function(lambda x: {"y": tf.strings.length(tf.strings.as_string(x))},
                            input_signature=[tf.TensorSpec((None,), tf.float32, name="x")])
-    tf.saved_model.save(module, str(tmp_path / "m"), signatures={"embed": module.f,
-                                                                  "propagate": module.f,
-                                                                  "propagate_per_frame": module.f})
+    tf.saved_model.save(module, str(tmp_path / "m"),
+                        signatures={s: module.f for s in export.SIGNATURES})
     with pytest.raises(Exception, match="(?i)flex|not supported|select tf ops"):
         export.convert_tflite(tmp_path / "m")
 
@@ -205,6 +240,23 @@ def test_saved_model_cli_session_loader(exported, tmp_path):
     assert run.returncode == 0, run.stderr
     want = np.asarray(vote(*arrays.values(), topk=4, temperature=0.05))
     np.testing.assert_allclose(np.load(tmp_path / "prop_out" / "labels.npy"), want, atol=1e-6)
+
+    tiles = local_tiles(4, 4, 1.0, (2, 2))  # 4 tiles of 4 queries, 4x4 map, radius 1
+    local = {"long_feats": arrays["context_feats"][:1],
+             "long_labels": arrays["context_labels"][:1],
+             "short_feats": arrays["context_feats"][1:].transpose(1, 0, 2),
+             "short_labels": arrays["context_labels"][1:].transpose(1, 0, 2),
+             "queries": arrays["context_feats"][1][tiles.query_index],
+             "key_index": tiles.key_index, "allowed": tiles.allowed}
+    for key, value in local.items():
+        np.save(tmp_path / f"{key}.npy", value)
+    run = _saved_model_cli(
+        "run", "--dir", sm, "--tag_set", "serve", "--signature_def", "propagate_local",
+        "--inputs", ";".join(f"{k}={tmp_path / k}.npy" for k in local),
+        "--input_exprs", "topk=4;temperature=0.05", "--outdir", tmp_path / "local_out")
+    assert run.returncode == 0, run.stderr
+    want = np.asarray(vote_local(*local.values(), topk=4, temperature=0.05))
+    np.testing.assert_allclose(np.load(tmp_path / "local_out" / "labels.npy"), want, atol=1e-6)
 
     bad = tmp_path / "frames60.npy"
     np.save(bad, np.zeros((1, 60, 64, 3), np.uint8))

@@ -61,6 +61,75 @@ def test_vote_matches_float64_reference(joint, radius):
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
 
 
+def _local(feats, labels, queries, radius, tile, topk, temperature, joint):
+    """`vote_local` on (M, N, .) context (first frame long-term) -> (Q=N, K) like `vote`."""
+    h, w = feats.shape[1:3]
+    feats, labels = feats.reshape(len(feats), h * w, -1), labels.reshape(len(labels), h * w, -1)
+    tiles = P.local_tiles(h, w, radius, tile)
+    out = P.vote_local(feats[:1], labels[:1], feats[1:].transpose(1, 0, 2),
+                       labels[1:].transpose(1, 0, 2), queries[tiles.query_index],
+                       tiles.key_index, tiles.allowed, topk=topk, temperature=temperature,
+                       joint_topk=joint)
+    return np.asarray(out).reshape(-1, labels.shape[-1])[tiles.slot]
+
+
+@pytest.mark.parametrize("joint", [True, False])
+@pytest.mark.parametrize("h, w, radius, tile", [
+    (7, 9, 1.5, (3, 4)),   # edge tiles padded on both axes, non-integer radius
+    (7, 9, 2.0, (8, 8)),   # tile larger than the map
+    (5, 6, 0.0, (2, 2)),   # radius 0: a query's only short-term key is itself
+    (6, 5, 10.0, (4, 4)),  # radius larger than the map: region = whole map
+    (9, 11, 3.0, (1, 11)),  # whole-row bands
+])
+def test_vote_local_equals_dense_vote(joint, h, w, radius, tile):
+    """Float64: same labels as `vote` with the radius mask (and the float64 loop reference)."""
+    rng = np.random.default_rng(2)
+    m, c, k = 4, 6, 3
+    feats = random_unit(rng, m, h, w, c)
+    labels = rng.uniform(size=(m, h, w, k))
+    queries = random_unit(rng, h * w, c)
+    topk = 5 if joint else 12  # per-frame top-k above the region size where the radius is 0
+    allowed, short = P.radius_mask(h, w, radius), np.arange(m) > 0
+    flat_feats, flat_labels = feats.reshape(m, h * w, c), labels.reshape(m, h * w, k)
+    want = np.asarray(P.vote(flat_feats, flat_labels, queries, allowed, short, topk=topk,
+                             temperature=0.1, joint_topk=joint))
+    got = _local(feats, labels, queries, radius, tile, topk, 0.1, joint)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    ref = np_vote(flat_feats, flat_labels, queries, allowed, short, topk, 0.1, joint)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
+
+
+def test_vote_local_breaks_ties_like_vote():
+    """One-hot features: many keys tie exactly; the same ones are picked (same labels)."""
+    rng = np.random.default_rng(3)
+    h, w, m, k = 6, 7, 4, 5
+    feats = np.eye(3)[rng.integers(0, 3, (m, h, w))].astype(np.float32)
+    labels = rng.uniform(size=(m, h, w, k)).astype(np.float32)
+    queries = np.eye(3)[rng.integers(0, 3, h * w)].astype(np.float32)
+    want = np.asarray(P.vote(feats.reshape(m, h * w, 3), labels.reshape(m, h * w, k), queries,
+                             P.radius_mask(h, w, 2.0), np.arange(m) > 0, topk=10,
+                             temperature=0.05))
+    np.testing.assert_array_equal(_local(feats, labels, queries, 2.0, (4, 4), 10, 0.05, True),
+                                  want)
+
+
+def test_local_tiles_cover_the_radius():
+    h, w, radius = 13, 17, 3.5
+    tiles = P.local_tiles(h, w, radius, (4, 5))
+    t, p = tiles.query_index.shape
+    assert tiles.allowed.shape == (t, p, tiles.key_index.shape[1])
+    assert tiles.key_index.shape[1] == (4 + 6) * (5 + 6)
+    np.testing.assert_array_equal(tiles.query_index.ravel()[tiles.slot], np.arange(h * w))
+    assert np.all(np.diff(tiles.key_index, axis=1) > 0)  # increasing: `vote`'s tie order
+    dense = P.radius_mask(h, w, radius)
+    for i in range(t):
+        # Every key within the radius of a tile query lies in the tile's region, and `allowed`
+        # is the dense mask restricted to the region.
+        rows = dense[tiles.query_index[i]]  # (P, N)
+        assert rows.sum() == tiles.allowed[i].sum()
+        np.testing.assert_array_equal(rows[:, tiles.key_index[i]], tiles.allowed[i])
+
+
 def test_radius_mask_counts():
     mask = P.radius_mask(5, 5, 1)
     assert mask.shape == (25, 25)
@@ -180,6 +249,31 @@ def test_mask_propagation_keeps_object_ids_and_chunking_is_invisible(monkeypatch
         np.testing.assert_array_equal(whole[t] == 7, want == 1)
 
 
+@pytest.mark.parametrize("radius", [1.0, None])
+def test_local_and_dense_paths_propagate_the_same(radius):
+    """Random features over a few frames: `vote_local` and dense `vote` give the same labels; no
+    radius takes the dense path."""
+    rng = np.random.default_rng(4)
+    feats = random_unit(rng, 6, 5, 7, 8).astype(np.float32)  # (T, h, w, C) per frame
+    frames = [np.full((5 * CELL, 7 * CELL, 3), t, np.uint8) for t in range(len(feats))]
+    calls = []
+
+    def embed(x):
+        return feats[int(x[0, 0, 0, 0])][None]
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return P.vote_local(*args, **kwargs)
+
+    config = dataclasses.replace(P.PRESETS["default"], radius=radius, context=3, topk=4)
+    labels0 = rng.uniform(size=(5, 7, 2)).astype(np.float32)
+    local = [x for _, x in P.Propagator(embed, config, local_step=counted).run(frames, labels0)]
+    assert bool(calls) == (radius is not None)
+    dense = [x for _, x in P.Propagator(embed, config, step=P.vote).run(frames, labels0)]
+    for t, (a, b) in enumerate(zip(local, dense)):
+        np.testing.assert_allclose(a, b, atol=1e-6, err_msg=f"frame {t}")
+
+
 def test_identity_baseline_copies_the_first_mask():
     video, masks = synthetic_video(frames=3)
     out = [m for _, m in P.propagate_mask(video, masks[0], None)]
@@ -220,10 +314,12 @@ def test_context_buffers_stay_bounded():
     onehot = np.stack([masks[0] == 0, masks[0] == 1], -1).astype(np.float32)
     labels0 = onehot.reshape(h, CELL, w, CELL, 2).mean((1, 3))
     stream = prop.run(iter(video), labels0)
-    frame_locals = []
+    shapes = set()
     for _ in stream:
-        frame_locals.append(stream.gi_frame.f_locals["feat_buf"].shape)
-    assert set(frame_locals) == {(3, h * w, len(_PALETTE))}
+        f_locals = stream.gi_frame.f_locals
+        shapes.add((f_locals["first_feats"].shape, f_locals["feat_buf"].shape,
+                    f_locals["label_buf"].shape))
+    assert shapes == {((1, h * w, len(_PALETTE)), (h * w, 2, len(_PALETTE)), (h * w, 2, 2))}
 
 
 def test_load_encoder_specs(tmp_path):

@@ -7,7 +7,7 @@ One video:
   python tools/propagate.py --video frames/ --labels joints.json --out out/kp --encoder identity
   -> out/kp/00000.json ... (joints per frame), out/kp/keypoints.json (all frames), overlay.mp4
 
-Through an exported model (tools/export.py): its embed AND propagate signatures do the work,
+Through an exported model (tools/export.py): its embed AND propagate* signatures do the work,
 so Keras, SavedModel and TFLite give the same masks:
   python tools/propagate.py --video clip.mp4 --labels first_mask.png --out out/clip \
       --encoder export/timecycle            # or export/timecycle/1, or export/timecycle.tflite
@@ -133,7 +133,7 @@ def frame_names(source, count):
     return [f"{t:05d}" for t in range(count)]
 
 
-def run_video(source, labels_path, out_dir, embed, config, overlay, step=None):
+def run_video(source, labels_path, out_dir, embed, config, overlay, step=None, local_step=None):
     """Propagates one video's first-frame labels into `out_dir` (atomically)."""
     info = video_lib.video_info(source)
     names = frame_names(source, info["frames"])
@@ -145,11 +145,11 @@ def run_video(source, labels_path, out_dir, embed, config, overlay, step=None):
         first = joints_all[0]
         if not np.isfinite(first).all(axis=-1).any():
             raise label_io.LabelError(f"{labels_path}: no joint is annotated in frame 0")
-        stream = prop.propagate_keypoints(frames, first, embed, config, step)
+        stream = prop.propagate_keypoints(frames, first, embed, config, step, local_step)
     else:
         ids, fmt = label_io.read_mask(labels_path)
         label_io.check_mask(labels_path, ids, size)
-        stream = prop.propagate_mask(frames, ids, embed, config, step)
+        stream = prop.propagate_mask(frames, ids, embed, config, step, local_step)
     fps = info["fps"] or _FPS.value
     bar = keras.utils.Progbar(len(names), unit_name="frame")
     all_joints = []
@@ -208,12 +208,13 @@ def main(argv):
             overlay = bool(_OVERLAY.value)
         if export_lib.is_export(_ENCODER.value):
             runtime = export_lib.load_runtime(_ENCODER.value)
-            embed, step = runtime.embed, runtime.step
+            embed, step, local_step = runtime.embed, runtime.step, runtime.local_step
         else:
-            embed, step = prop.load_encoder(_ENCODER.value, int(_DEPTH.value), _SEED.value), None
+            embed = prop.load_encoder(_ENCODER.value, int(_DEPTH.value), _SEED.value)
+            step = local_step = None
         for source, labels, out in jobs:
             print(f"{source} -> {out}")
-            run_video(source, labels, out, embed, config, overlay, step)
+            run_video(source, labels, out, embed, config, overlay, step, local_step)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
