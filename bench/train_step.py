@@ -15,12 +15,14 @@ import time
 
 from absl import app, flags
 
-_ENCODERS = flags.DEFINE_list("encoders", ["resnet18", "resnet50"], "Encoders to time.")
-_BATCH = flags.DEFINE_integer("batch_size", 4, "Clips per step.")
-_CROP = flags.DEFINE_integer("crop_size", 240, "Crop size (px).")
-_PAST = flags.DEFINE_integer("num_past", 4, "Past frames per clip.")
-_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after 2 warm-up steps).")
-_MATMUL = flags.DEFINE_integer("matmul_size", 4096, "Side of the square matmul for peak FLOP/s.")
+def define_flags():
+    """Flags of this script's main (not defined on import, so other benches can import it)."""
+    flags.DEFINE_list("encoders", ["resnet18", "resnet50"], "Encoders to time.")
+    flags.DEFINE_integer("batch_size", 4, "Clips per step.")
+    flags.DEFINE_integer("crop_size", 240, "Crop size (px).")
+    flags.DEFINE_integer("num_past", 4, "Past frames per clip.")
+    flags.DEFINE_integer("steps", 5, "Timed steps (after 2 warm-up steps).")
+    flags.DEFINE_integer("matmul_size", 4096, "Side of the square matmul for peak FLOP/s.")
 
 
 def random_batch(batch_size, crop_size, num_past, seed=0):
@@ -93,19 +95,21 @@ def main(argv):
     del argv
     import tensorflow as tf
 
-    peak = matmul_flops_per_second(_MATMUL.value)
+    f = flags.FLAGS
+    peak = matmul_flops_per_second(f.matmul_size)
     print(f"\ntrain step benchmark: {os.cpu_count()} CPUs, TF {tf.__version__}, "
-          f"batch {_BATCH.value} clips, {_PAST.value} past frames, {_CROP.value} px crop")
-    print(f"  float32 {_MATMUL.value}^2 matmul: {peak / 1e9:8.1f} GFLOP/s (practical peak)")
+          f"batch {f.batch_size} clips, {f.num_past} past frames, {f.crop_size} px crop")
+    print(f"  float32 {f.matmul_size}^2 matmul: {peak / 1e9:8.1f} GFLOP/s (practical peak)")
     print(f"  {'encoder':<10} {'s/step':>8} {'s/clip':>8} {'GFLOP/step':>11} "
           f"{'GFLOP/s':>8} {'of peak':>8}")
-    for name in _ENCODERS.value:
-        r = time_train_step(int(name.replace("resnet", "")), _BATCH.value, _CROP.value,
-                            _PAST.value, _STEPS.value)
+    for name in f.encoders:
+        r = time_train_step(int(name.replace("resnet", "")), f.batch_size, f.crop_size,
+                            f.num_past, f.steps)
         achieved = r["flops_per_step"] / r["seconds_per_step"]
         print(f"  {name:<10} {r['seconds_per_step']:8.2f} {r['seconds_per_clip']:8.2f} "
               f"{r['flops_per_step'] / 1e9:11.1f} {achieved / 1e9:8.1f} {achieved / peak:8.2f}")
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
