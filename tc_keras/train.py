@@ -92,14 +92,20 @@ def total_steps(config, num_videos):
     return max(1, t.epochs * math.ceil(num_videos / t.batch_size))
 
 
+def clip_kwargs(config):
+    """`clip_dataset` keyword arguments from the data config (shared by training and pictures)."""
+    d = config.data
+    return dict(num_past=d.num_past, frame_gap=d.frame_gap, target_offset=d.target_offset,
+                crop_size=d.crop_size, resize_short=d.resize_short,
+                max_rotation_deg=d.max_rotation_deg)
+
+
 def make_dataset(config, shards, strategy, seed):
     from tc_keras.data import pipeline
 
     d = config.data
-    kwargs = dict(num_past=d.num_past, frame_gap=d.frame_gap, target_offset=d.target_offset,
-                  crop_size=d.crop_size, resize_short=d.resize_short,
-                  max_rotation_deg=d.max_rotation_deg, shuffle_buffer=d.shuffle_buffer,
-                  seed=seed, deterministic=d.deterministic)
+    kwargs = dict(clip_kwargs(config), shuffle_buffer=d.shuffle_buffer, seed=seed,
+                  deterministic=d.deterministic)
     if strategy.num_replicas_in_sync > 1 or hasattr(strategy, "cluster_resolver"):
         return pipeline.distributed_clip_dataset(strategy, shards, config.train.batch_size, **kwargs)
     return pipeline.clip_dataset(shards, batch_size=config.train.batch_size, **kwargs)
@@ -197,14 +203,12 @@ def run(config):
 
 
 def _vis_batch(config, shards):
+    """A fixed batch of up to 4 clips to draw tracked patches on."""
     from tc_keras.data import pipeline
 
-    d = config.data
     ds = pipeline.clip_dataset(shards, batch_size=min(4, config.train.batch_size),
-                               num_past=d.num_past, frame_gap=d.frame_gap,
-                               target_offset=d.target_offset, crop_size=d.crop_size,
-                               resize_short=d.resize_short, max_rotation_deg=d.max_rotation_deg,
-                               shuffle_buffer=8, seed=1234, deterministic=True)
+                               shuffle_buffer=8, seed=1234, deterministic=True,
+                               **clip_kwargs(config))
     return next(iter(ds))
 
 
