@@ -11,7 +11,6 @@ import keras
 import tensorflow as tf
 
 from tc_keras import losses as tlosses
-from tc_keras import ops as tops
 from tc_keras.encoder import ResNetEncoder
 from tc_keras.tracker import AFFINITY_TEMPERATURE, Tracker
 

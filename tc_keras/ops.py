@@ -13,7 +13,6 @@ the same theta picks the same region of a frame at pixel resolution (240x240 -> 
 at feature resolution (30x30 -> 10x10), which is what the tracker relies on.
 """
 
-import math
 
 from keras import ops
 

@@ -12,16 +12,15 @@ import os
 import pathlib
 import signal
 import sys
-import time
 
 from absl import app, flags, logging
 
 from tc_keras import config as tconfig
+from tc_keras.checkpoints import ENCODER_FILE, save_encoder
 
 # The model, TensorFlow and the data modules are imported after flag parsing, in `run`, so that
 # `--help` is fast and flag errors come before TensorFlow's start-up noise.
 
-ENCODER_FILE = "encoder.keras"
 CONFIG_FILE = "config.json"
 
 
@@ -111,20 +110,9 @@ def make_dataset(config, shards, strategy, seed):
     return pipeline.clip_dataset(shards, batch_size=config.train.batch_size, **kwargs)
 
 
-def save_encoder(model, path):
-    """Writes the encoder alone as a .keras model (frames -> features), atomically."""
-    import keras
-
-    wrapper = keras.Sequential([keras.Input((None, None, 3)), model.encoder])
-    tmp = pathlib.Path(str(path) + ".partial.keras")
-    wrapper.save(tmp)
-    os.replace(tmp, path)
-
-
 def run(config):
     """Trains according to `config` (a tconfig.Config); returns the final step."""
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from tc_keras.model import build_model
@@ -165,7 +153,7 @@ def run(config):
 
     def save(reason):
         path = manager.save(checkpoint_number=int(model.optimizer.iterations.numpy()))
-        save_encoder(model, out_dir / ENCODER_FILE)
+        save_encoder(model.encoder, out_dir / ENCODER_FILE)
         logging.info("Saved %s (%s)", path, reason)
 
     monitor = TrainingMonitor(save, out_dir / "tb", log_every=t.log_every,
