@@ -231,15 +231,20 @@ def test_saved_model_cli_session_loader(exported, tmp_path):
               "context_labels": rng.random((2, 16, 3)).astype(np.float32),
               "queries": rng.normal(size=(5, 8)).astype(np.float32),
               "allowed": np.ones((5, 16), bool), "short_term": np.array([False, True])}
-    for key, value in arrays.items():
-        np.save(tmp_path / f"{key}.npy", value)
-    run = _saved_model_cli(
-        "run", "--dir", sm, "--tag_set", "serve", "--signature_def", "propagate",
-        "--inputs", ";".join(f"{k}={tmp_path / k}.npy" for k in arrays),
-        "--input_exprs", "topk=4;temperature=0.05", "--outdir", tmp_path / "prop_out")
-    assert run.returncode == 0, run.stderr
+
+    def run_step(signature, inputs):
+        """Runs a label-step signature through saved_model_cli: its `labels` output."""
+        for key, value in inputs.items():
+            np.save(tmp_path / f"{key}.npy", value)
+        run = _saved_model_cli(
+            "run", "--dir", sm, "--tag_set", "serve", "--signature_def", signature,
+            "--inputs", ";".join(f"{k}={tmp_path / k}.npy" for k in inputs),
+            "--input_exprs", "topk=4;temperature=0.05", "--outdir", tmp_path / signature)
+        assert run.returncode == 0, run.stderr
+        return np.load(tmp_path / signature / "labels.npy")
+
     want = np.asarray(vote(*arrays.values(), topk=4, temperature=0.05))
-    np.testing.assert_allclose(np.load(tmp_path / "prop_out" / "labels.npy"), want, atol=1e-6)
+    np.testing.assert_allclose(run_step("propagate", arrays), want, atol=1e-6)
 
     tiles = local_tiles(4, 4, 1.0, (2, 2))  # 4 tiles of 4 queries, 4x4 map, radius 1
     local = {"long_feats": arrays["context_feats"][:1],
@@ -248,15 +253,8 @@ def test_saved_model_cli_session_loader(exported, tmp_path):
              "short_labels": arrays["context_labels"][1:].transpose(1, 0, 2),
              "queries": arrays["context_feats"][1][tiles.query_index],
              "key_index": tiles.key_index, "allowed": tiles.allowed}
-    for key, value in local.items():
-        np.save(tmp_path / f"{key}.npy", value)
-    run = _saved_model_cli(
-        "run", "--dir", sm, "--tag_set", "serve", "--signature_def", "propagate_local",
-        "--inputs", ";".join(f"{k}={tmp_path / k}.npy" for k in local),
-        "--input_exprs", "topk=4;temperature=0.05", "--outdir", tmp_path / "local_out")
-    assert run.returncode == 0, run.stderr
     want = np.asarray(vote_local(*local.values(), topk=4, temperature=0.05))
-    np.testing.assert_allclose(np.load(tmp_path / "local_out" / "labels.npy"), want, atol=1e-6)
+    np.testing.assert_allclose(run_step("propagate_local", local), want, atol=1e-6)
 
     bad = tmp_path / "frames60.npy"
     np.save(bad, np.zeros((1, 60, 64, 3), np.uint8))
