@@ -50,6 +50,9 @@ def define_flags():
     f.DEFINE_float("long_weight", tlosses.LONG_WEIGHT, "Weight of mean_i L_long^i. Default 0.02.")
     f.DEFINE_float("skip_weight", tlosses.SKIP_WEIGHT, "Weight of mean_i L_skip^i. Default 0.1.")
     f.DEFINE_float("sim_weight", tlosses.SIM_WEIGHT, "Weight of the similarity term. Default 1.0.")
+    f.DEFINE_float("self_weight", tlosses.SELF_WEIGHT, "Weight of the self-localisation term (the "
+                   "patch localised in its own frame against its known theta); not in the paper. "
+                   "Default 0.")
     f.DEFINE_bool("sync_batchnorm", False, "BatchNorm statistics over all replicas. Default off.")
     f.DEFINE_bool("mixed_precision", False, "mixed_bfloat16 policy for the encoder (GPUs with "
                   "bf16, i.e. Ampere or newer); the tracker stays float32. Default off.")
@@ -120,6 +123,7 @@ class ModelConfig:
     long_weight: float = tlosses.LONG_WEIGHT
     skip_weight: float = tlosses.SKIP_WEIGHT
     sim_weight: float = tlosses.SIM_WEIGHT
+    self_weight: float = tlosses.SELF_WEIGHT
     sync_batchnorm: bool = False
     mixed_precision: bool = False
 
@@ -128,7 +132,7 @@ class ModelConfig:
                f"got {self.encoder!r}")
         _check(self.similarity in tlosses.SIMILARITIES,
                f"--similarity must be one of {tlosses.SIMILARITIES}, got {self.similarity!r}")
-        for name in ("long_weight", "skip_weight", "sim_weight"):
+        for name in ("long_weight", "skip_weight", "sim_weight", "self_weight"):
             _check(getattr(self, name) >= 0, f"--{name} must be >= 0")
 
 
@@ -191,5 +195,6 @@ def model_kwargs(config):
     m, d, t = config.model, config.data, config.train
     return dict(depth=ENCODERS[m.encoder], num_past=d.num_past, crop_size=d.crop_size,
                 similarity=m.similarity, long_weight=m.long_weight, skip_weight=m.skip_weight,
-                sim_weight=m.sim_weight, freeze_encoder=t.freeze_encoder_steps > 0,
+                sim_weight=m.sim_weight, self_weight=m.self_weight,
+                freeze_encoder=t.freeze_encoder_steps > 0,
                 grad_clip_norm=t.grad_clip_norm or None, sync_batchnorm=m.sync_batchnorm)

@@ -13,6 +13,8 @@ from tc_keras import ops as tops
 LONG_WEIGHT = 0.1 * 0.2
 SIM_WEIGHT = 1.0
 SKIP_WEIGHT = 0.1
+# The self-localisation term (patch found in its own frame) is not in the paper: off by default.
+SELF_WEIGHT = 0.0
 # l_theta warps a 20x20 grid over [-1, 1]^2 (PAPER.md).
 THETA_GRID_POINTS = 20
 SIMILARITIES = ("inlier", "inner_product")
@@ -72,19 +74,22 @@ def inner_product_score(query, tracked):
 
 
 def cycle_losses(outputs, theta_true, feature_size, similarity="inlier",
-                 long_weight=LONG_WEIGHT, skip_weight=SKIP_WEIGHT, sim_weight=SIM_WEIGHT):
+                 long_weight=LONG_WEIGHT, skip_weight=SKIP_WEIGHT, sim_weight=SIM_WEIGHT,
+                 self_weight=SELF_WEIGHT):
     """All TimeCycle terms for one batch.
 
     Args:
       outputs: the dict returned by `TimeCycle.call` (see model.py): `theta_long`, `theta_skip`,
         `theta_first` (B, k, 2, 3), `affinity_first` (B, k, h, w, N), `query` (B, h, w, C),
-        `tracked_first` (B, k, h, w, C).
+        `tracked_first` (B, k, h, w, C), `theta_self` (B, 2, 3).
       theta_true: (B, 2, 3) ground-truth theta of the patch in the target frame.
       feature_size: (H, W) of the image features.
       similarity: "inlier" (reference code, default) or "inner_product" (paper).
+      self_weight: weight of `self`, l_theta of the patch localised in its own (target) frame.
+        Not a paper term (0 by default); always reported, as a measure of the localizer.
     Returns:
-      dict of scalars: `loss` (weighted total), `long`, `skip`, `sim`, and `long_i`, `skip_i`,
-      `sim_i` for i = 1..k (i = how many frames back).
+      dict of scalars: `loss` (weighted total), `long`, `skip`, `sim`, `self`, and `long_i`,
+      `skip_i`, `sim_i` for i = 1..k (i = how many frames back).
     """
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
@@ -106,6 +111,9 @@ def cycle_losses(outputs, theta_true, feature_size, similarity="inlier",
         sims.append(-ops.mean(score))
         result[f"sim_{i + 1}"] = sims[-1]
     result["sim"] = ops.mean(ops.stack(sims))
+    result["self"] = ops.mean(theta_loss(outputs["theta_self"], theta_true))
     result["loss"] = (long_weight * result["long"] + skip_weight * result["skip"]
                       + sim_weight * result["sim"])
+    if self_weight:
+        result["loss"] = result["loss"] + self_weight * result["self"]
     return result

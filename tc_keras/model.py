@@ -32,8 +32,13 @@ class TimeCycle(keras.Model):
       crop_size: training frame size H = W (240).
       similarity: "inlier" (reference, default) or "inner_product" (paper).
       long_weight, skip_weight, sim_weight: loss weights (reference defaults 0.02, 0.1, 1.0).
+      self_weight: weight of the self-localisation term (the patch found in its own frame against
+        its known theta); not in the paper, 0 by default (see losses.cycle_losses).
       temperature: affinity temperature (512**-0.5).
-      freeze_encoder: train only the tracker (a warm-up known to help from-scratch training).
+      freeze_encoder: train only the tracker (a warm-up known to help from-scratch training). The
+        encoder's weights stay fixed but its BatchNorm keeps normalising with batch statistics
+        (as a PyTorch module in train mode with requires_grad off): a freshly initialised encoder
+        run on its initial moving statistics gives nearly parallel features (mean cosine 0.85).
       grad_clip_norm: clip the all-replica gradient to this global norm (None: no clipping).
       sync_batchnorm: encoder BatchNorm statistics over all replicas (see ResNetEncoder).
 
@@ -41,14 +46,16 @@ class TimeCycle(keras.Model):
       inputs: dict with `past` (B, k, H, W, 3), `target` (B, H, W, 3), `patch` (B, P, P, 3).
 
     Returns:
-      dict: `theta_long`, `theta_skip`, `theta_first` (B, k, 2, 3); `affinity_first`
+      dict: `theta_long`, `theta_skip`, `theta_first` (B, k, 2, 3); `theta_self` (B, 2, 3) the
+      patch localised in the target frame itself; `affinity_first`
       (B, k, p, p, N); `query` (B, p, p, C); `tracked_first` (B, k, p, p, C); index i along k
       means i + 1 frames back. p = P / 8, N = (H / 8)**2.
     """
 
     def __init__(self, depth=50, num_past=4, crop_size=240, similarity="inlier",
                  long_weight=tlosses.LONG_WEIGHT, skip_weight=tlosses.SKIP_WEIGHT,
-                 sim_weight=tlosses.SIM_WEIGHT, temperature=AFFINITY_TEMPERATURE,
+                 sim_weight=tlosses.SIM_WEIGHT, self_weight=tlosses.SELF_WEIGHT,
+                 temperature=AFFINITY_TEMPERATURE,
                  freeze_encoder=False, grad_clip_norm=GRAD_CLIP_NORM, sync_batchnorm=False,
                  **kwargs):
         super().__init__(**kwargs)
@@ -66,6 +73,7 @@ class TimeCycle(keras.Model):
         self.long_weight = long_weight
         self.skip_weight = skip_weight
         self.sim_weight = sim_weight
+        self.self_weight = self_weight
         self.temperature = temperature
         self.freeze_encoder = freeze_encoder
         self.grad_clip_norm = grad_clip_norm
@@ -76,8 +84,7 @@ class TimeCycle(keras.Model):
         # The tracker's coordinates need float32 even under a mixed-precision policy.
         self.tracker = Tracker(patch_size=(self.patch_cells, self.patch_cells),
                                temperature=temperature, name="tracker", dtype="float32")
-        self.encoder.trainable = not freeze_encoder
-        names = ["loss", "long", "skip", "sim", "grad_norm"]
+        names = ["loss", "long", "skip", "sim", "self", "grad_norm"]
         for i in range(1, num_past + 1):
             names += [f"long_{i}", f"skip_{i}", f"sim_{i}"]
         self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
@@ -122,6 +129,7 @@ class TimeCycle(keras.Model):
             "theta_long": keras.ops.stack(theta_long, axis=1),
             "theta_skip": keras.ops.stack(theta_skip, axis=1),
             "theta_first": keras.ops.stack([s["theta"] for s in first], axis=1),
+            "theta_self": self.tracker(target_feats, query)["theta"],
             "affinity_first": keras.ops.stack([s["affinity"] for s in first], axis=1),
             "tracked_first": keras.ops.stack([s["features"] for s in first], axis=1),
             "query": query,
@@ -130,16 +138,18 @@ class TimeCycle(keras.Model):
     def cycle_losses(self, batch, outputs):
         return tlosses.cycle_losses(
             outputs, batch["theta"], (self.feature_size, self.feature_size), self.similarity,
-            self.long_weight, self.skip_weight, self.sim_weight)
+            self.long_weight, self.skip_weight, self.sim_weight, self.self_weight)
 
     # ----------------------------------------------------------------------------- training
     def optimizable_variables(self):
         """Every variable the optimiser may ever update, frozen encoder included."""
-        frozen = not self.encoder.trainable
-        self.encoder.trainable = True  # only flips variables created trainable
-        variables = list(self.trainable_variables)
-        self.encoder.trainable = not frozen
-        return variables
+        return list(self.trainable_variables)
+
+    def step_variables(self):
+        """The variables a training step updates: the tracker's alone while the encoder is frozen."""
+        if self.freeze_encoder:
+            return list(self.tracker.trainable_variables)
+        return list(self.trainable_variables)
 
     def compile(self, optimizer=None, **kwargs):
         """Compiles with Adam(2e-4, beta_1 0.5) by default and builds its slots for all variables.
@@ -164,9 +174,8 @@ class TimeCycle(keras.Model):
               "patch": keras.KerasTensor((None, p, p, 3))})
 
     def set_encoder_frozen(self, frozen):
-        """Freezes/unfreezes the encoder; the next `fit` retraces its step."""
+        """Freezes/unfreezes the encoder's weights; the next `fit` retraces its step."""
         self.freeze_encoder = bool(frozen)
-        self.encoder.trainable = not frozen
         self.train_function = None
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
@@ -194,7 +203,7 @@ class TimeCycle(keras.Model):
     def train_step(self, data):
         strategy = tf.distribute.get_strategy()
         replicas = strategy.num_replicas_in_sync
-        variables = self.trainable_variables
+        variables = self.step_variables()
         with tf.GradientTape() as tape:
             outputs = self(data, training=True)
             losses = self.cycle_losses(data, outputs)
@@ -223,6 +232,7 @@ class TimeCycle(keras.Model):
         config.update(depth=self.depth, num_past=self.num_past, crop_size=self.crop_size,
                       similarity=self.similarity, long_weight=self.long_weight,
                       skip_weight=self.skip_weight, sim_weight=self.sim_weight,
+                      self_weight=self.self_weight,
                       temperature=self.temperature, freeze_encoder=self.freeze_encoder,
                       grad_clip_norm=self.grad_clip_norm, sync_batchnorm=self.sync_batchnorm)
         return config

@@ -13,7 +13,7 @@ from absl import logging
 from tc_keras import visualize
 
 # The terms shown in the log line (TensorBoard gets every metric).
-LOG_TERMS = ("loss", "long", "skip", "sim", "grad_norm")
+LOG_TERMS = ("loss", "long", "skip", "sim", "self", "grad_norm")
 
 
 class TrainingMonitor(keras.callbacks.Callback):

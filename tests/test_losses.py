@@ -64,13 +64,14 @@ def test_inner_product_score():
     np.testing.assert_allclose(np.asarray(tl.inner_product_score(q, -q)), -1.0)
 
 
-def _outputs(rng, k, theta_long, theta_skip):
+def _outputs(rng, k, theta_long, theta_skip, theta_self=None):
     b = theta_long.shape[0]
     aff = rng.random((b, k, 3, 3, 81))
     aff /= aff.sum(-1, keepdims=True)
     feats = np.asarray(tops.l2_normalize(rng.normal(size=(b, k, 3, 3, 4))))
     return dict(theta_long=theta_long, theta_skip=theta_skip, theta_first=theta_long,
-                affinity_first=aff, tracked_first=feats, query=feats[:, 0])
+                affinity_first=aff, tracked_first=feats, query=feats[:, 0],
+                theta_self=theta_long[:, 0] if theta_self is None else theta_self)
 
 
 def test_cycle_losses_zero_cycle_error_for_identity_correspondence_and_weights():
@@ -96,6 +97,20 @@ def test_cycle_losses_zero_cycle_error_for_identity_correspondence_and_weights()
     assert float(out["sim_1"]) == pytest.approx(-1.0, rel=1e-9)
     total = 0.5 * ref_long + 0.25 * float(out["skip"]) + 2.0 * float(out["sim"])
     assert float(out["loss"]) == pytest.approx(total, rel=1e-9)
+
+
+def test_self_localisation_term_is_reported_always_and_weighted_only_when_asked():
+    rng = np.random.default_rng(5)
+    gt = random_thetas(rng, 3)
+    same = np.repeat(gt[:, None], 2, axis=1)
+    found = random_thetas(rng, 3)
+    out_in = _outputs(rng, 2, same, same, theta_self=found)
+    ref = np_theta_loss(found, gt).mean()
+    plain = tl.cycle_losses(out_in, gt, (9, 9))
+    assert float(plain["self"]) == pytest.approx(ref, rel=1e-9)
+    assert float(plain["loss"]) == pytest.approx(float(plain["sim"]), abs=1e-12)
+    weighted = tl.cycle_losses(out_in, gt, (9, 9), self_weight=0.5)
+    assert float(weighted["loss"]) == pytest.approx(float(plain["sim"]) + 0.5 * ref, rel=1e-9)
 
 
 def test_unknown_similarity_is_a_clear_error():

@@ -110,14 +110,19 @@ def test_two_replica_mirrored_step_equals_single_device_step():
 def test_frozen_encoder_trains_only_the_tracker_then_unfreezes():
     model = small_model(freeze_encoder=True, num_past=1)
     batch = make_batch(2, k=1)
-    enc0 = [np.array(w) for w in model.encoder.weights]
+    enc0 = [np.array(w) for w in model.encoder.trainable_weights]
+    stats0 = [np.array(w) for w in model.encoder.non_trainable_weights]
     trk0 = [np.array(w) for w in model.tracker.weights]
     _one_step(model, batch)
-    assert all(np.array_equal(a, np.array(b)) for a, b in zip(enc0, model.encoder.weights))
+    assert all(np.array_equal(a, np.array(b)) for a, b in zip(enc0, model.encoder.trainable_weights))
+    # BatchNorm still normalises with batch statistics (and tracks them) while frozen.
+    assert not all(np.array_equal(a, np.array(b))
+                   for a, b in zip(stats0, model.encoder.non_trainable_weights))
     assert not all(np.array_equal(a, np.array(b)) for a, b in zip(trk0, model.tracker.weights))
     model.set_encoder_frozen(False)
     _one_step(model, batch)
-    assert not all(np.array_equal(a, np.array(b)) for a, b in zip(enc0, model.encoder.weights))
+    assert not all(np.array_equal(a, np.array(b))
+                   for a, b in zip(enc0, model.encoder.trainable_weights))
 
 
 def test_every_trainable_variable_gets_a_gradient():
