@@ -9,9 +9,11 @@
    synthetic corpus (`--data=...,synthetic`).
 2. Trains with `python -m tc_keras.train --flagfile=configs/cpu_small.flags` (resumes if the
    workdir already has checkpoints).
-3. Propagates with identity, random-init (same architecture, seed 0) and the trained encoder on
-   the DAVIS dev sequences that training did not see (--eval_sequences) and on the JHMDB clip,
-   at the same protocol for all three (--size), and prints one table: J, F, J&F, PCK@0.1/0.2.
+3. Propagates with identity, random-init (same architecture, seed 0), the same random-init
+   encoder with its BatchNorm statistics re-estimated on training clips (so that a margin is not
+   just BatchNorm statistics) and the trained encoder on the DAVIS dev sequences that training
+   did not see (--eval_sequences) and on the JHMDB clip, at the same protocol for all (--size),
+   and prints one table: J, F, J&F, PCK@0.1/0.2.
 4. Saves the loss curve (every term over steps, from <workdir>/metrics.jsonl) as
    <workdir>/loss_curve.png and the table as <workdir>/learning.json.
 """
@@ -62,6 +64,38 @@ def prepare_real(workdir):
     return workdir / "real_shards"
 
 
+def random_with_batchnorm_statistics(workdir, shards, batches=40):
+    """<workdir>/random_bn/encoder.keras: `--encoder random` (seed 0) with BatchNorm moving
+    statistics re-estimated on `batches` training batches (frames only; no weight changes)."""
+    out = workdir / "random_bn" / "encoder.keras"
+    if out.exists():
+        return out.parent
+    import keras
+    import tensorflow as tf
+
+    from tc_keras import config as tconfig
+    from tc_keras.checkpoints import load_encoder_model, save_encoder
+    from tc_keras.data import pipeline
+    from tc_keras.train import clip_kwargs
+
+    config = tconfig.Config.from_dict(json.loads((workdir / "config.json").read_text()))
+    files = sorted(str(p) for p in pathlib.Path(shards).glob("*.tfrecord"))
+    data = pipeline.clip_dataset(files, batch_size=8, shuffle_buffer=64, seed=5,
+                                 **clip_kwargs(config))
+    encoder = load_encoder_model("random", depth=18, seed=0)
+    norms = [layer for layer in encoder._flatten_layers()
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.8  # forget the initial (0, 1) statistics within a few batches
+    for _, batch in zip(range(batches), data):
+        encoder(tf.concat([batch["target"], batch["past"][:, -1]], 0), training=True)
+    for layer, momentum in zip(norms, momenta):
+        layer.momentum = momentum
+    save_encoder(encoder, out)
+    return out.parent
+
+
 def evaluate(workdir, name, encoder):
     """dict of J, F, J&F on the eval sequences and PCK on the JHMDB clip for one encoder."""
     out = workdir / "eval" / name
@@ -84,12 +118,16 @@ def evaluate(workdir, name, encoder):
             "PCK@0.1": p["PCK@0.1"], "PCK@0.2": p["PCK@0.2"]}
 
 
+SMOOTH = 5
+
+
 def loss_curve(metrics_path, png_path):
-    """Every loss term over steps, one panel per term, drawn with Pillow."""
+    """Every loss term over steps, one panel per term (logged values light, running mean dark),
+    drawn with Pillow."""
     from PIL import Image, ImageDraw
 
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
-    terms = [k for k in ("loss", "long", "skip", "sim", "grad_norm") if k in rows[0]]
+    terms = [k for k in ("loss", "long", "skip", "sim", "self", "grad_norm") if k in rows[0]]
     w, h, pad = 420, 220, 36
     img = Image.new("RGB", (w * len(terms), h), "white")
     draw = ImageDraw.Draw(img)
@@ -104,7 +142,11 @@ def loss_curve(metrics_path, png_path):
             return (x0 + pad + (s - steps[0]) / max(steps[-1] - steps[0], 1) * (w - 2 * pad),
                     h - pad - (v - lo) / (hi - lo) * (h - 2 * pad))
         draw.rectangle([x0 + pad, pad, x0 + w - pad, h - pad], outline="gray")
-        draw.line([xy(s, v) for s, v in zip(steps, vals)], fill="navy", width=2)
+        draw.line([xy(s, v) for s, v in zip(steps, vals)], fill=(170, 190, 230), width=1)
+        # Running mean over `SMOOTH` logged points (each already a mean over log_every steps).
+        smooth = [sum(vals[max(0, j - SMOOTH + 1): j + 1]) / (j + 1 - max(0, j - SMOOTH + 1))
+                  for j in range(len(vals))]
+        draw.line([xy(s, v) for s, v in zip(steps, smooth)], fill="navy", width=2)
         draw.text((x0 + pad, 8), f"{term}  (steps {steps[0]}..{steps[-1]})", fill="black")
         draw.text((x0 + 2, pad - 4), f"{hi:.3g}", fill="black")
         draw.text((x0 + 2, h - pad - 8), f"{lo:.3g}", fill="black")
@@ -121,8 +163,10 @@ def main(argv):
         shards = prepare_real(workdir)
         run([sys.executable, "-m", "tc_keras.train", "--flagfile=configs/cpu_small.flags",
              f"--workdir={workdir}", f"--data={shards},synthetic", *_TRAIN_FLAGS.value])
+    random_bn = random_with_batchnorm_statistics(workdir, workdir / "real_shards")
     table = {name: evaluate(workdir, name, enc) for name, enc in
-             (("identity", "identity"), ("random-init", "random"), ("trained", str(workdir)))}
+             (("identity", "identity"), ("random-init", "random"),
+              ("random+BN", str(random_bn)), ("trained", str(workdir)))}
     (workdir / "learning.json").write_text(json.dumps(table, indent=2) + "\n")
     if (workdir / "metrics.jsonl").exists():
         loss_curve(workdir / "metrics.jsonl", workdir / "loss_curve.png")
