@@ -47,6 +47,20 @@ def test_config_validates_and_round_trips():
         tconfig.ModelConfig(encoder="resnet34")
 
 
+@pytest.mark.parametrize("flagfile", sorted((ROOT / "configs").glob("*.flags")),
+                         ids=lambda p: p.name)
+def test_shipped_flagfiles_parse_into_valid_configs(flagfile):
+    import copy
+
+    from absl import flags
+
+    tconfig.define_flags()
+    values = copy.deepcopy(flags.FLAGS)  # the global flags stay unparsed for other tests
+    values(["train", f"--flagfile={flagfile}"])
+    cfg = tconfig.Config.from_flags(values)
+    assert cfg.train.workdir and tconfig.model_kwargs(cfg)["crop_size"] == cfg.data.crop_size
+
+
 def test_unknown_flag_value_and_missing_data_are_clear_errors(tmp_path):
     bad = subprocess.run(train_cmd(tmp_path / "w", "--encoder=resnet34"), env=env(),
                          capture_output=True, text=True, timeout=120)
