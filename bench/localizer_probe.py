@@ -44,6 +44,7 @@ def main(argv):
 
     from tc_keras import config as tconfig
     from tc_keras import losses as tl
+    from tc_keras.checkpoints import restore_training_model
     from tc_keras.data import pipeline
     from tc_keras.model import build_model
     from tc_keras.tracker import Tracker
@@ -55,16 +56,16 @@ def main(argv):
     shards = sorted(str(p) for p in shard_dir.glob("*.tfrecord"))
     if not shards:
         sys.exit(f"error: no .tfrecord shards in {shard_dir}")
-    keras.utils.set_random_seed(0)
-    model = build_model(config)
-    model.build_from_crop()
-    name = _CHECKPOINT.value
-    if name != "random":
-        path = (str(workdir / "ckpt" / name) if name
-                else tf.train.latest_checkpoint(str(workdir / "ckpt")))
-        if not path:
-            sys.exit(f"error: no checkpoint in {workdir / 'ckpt'}")
-        tf.train.Checkpoint(model=model).restore(path).expect_partial()
+    keras.utils.set_random_seed(0)  # initialisation ("random") and the clips' random placement
+    if _CHECKPOINT.value == "random":
+        model = build_model(config)
+        model.build_from_crop()
+        name = "random-init"
+    else:
+        try:
+            model, path = restore_training_model(workdir, _CHECKPOINT.value)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
         name = pathlib.Path(path).name
     data = pipeline.clip_dataset(shards, batch_size=8, shuffle_buffer=64, seed=3,
                                  deterministic=True, **clip_kwargs(config))

@@ -4,6 +4,9 @@ A training workdir holds `encoder.keras` (a `keras.Sequential([Input, ResNetEnco
 ImageNet-normalised frames to features), written by `save_encoder`. `load_encoder_model` turns a
 command-line spec (identity, random, a workdir, a .keras or .weights.h5 file) into that model;
 `load_encoder` / `make_embed` wrap it as `embed(frames_uint8)` for propagation.
+
+The training state (`<workdir>/ckpt/`) is a `tf.train.Checkpoint` made by `training_checkpoint`;
+`restore_training_model` rebuilds the whole TimeCycle (encoder and tracker) from it.
 """
 
 import os
@@ -22,6 +25,53 @@ def save_encoder(encoder, path):
     tmp = pathlib.Path(str(path) + ".partial.keras")
     wrapper.save(tmp)
     os.replace(tmp, path)
+
+
+def training_checkpoint(model, **extra):
+    """The tf.train.Checkpoint of a training run: model, optimizer and every model variable.
+
+    TensorFlow's object graph does not follow layers that Keras 3 keeps in Python lists (the
+    encoder's blocks, the localizer's convolutions): their trainable variables would be saved only
+    through the optimizer and their BatchNorm moving statistics not at all. Every variable of the
+    model is therefore also tracked by its Keras path.
+    """
+    import tensorflow as tf  # noqa: PLC0415
+
+    # Keras paths start with the model's own name, which is unique per process (time_cycle_1, ...).
+    by_path = {v.path.split("/", 1)[-1].replace("/", "."): v for v in model.variables}
+    return tf.train.Checkpoint(model=model, optimizer=model.optimizer,
+                               model_variables=by_path, **extra)
+
+
+def restore_training_model(workdir, checkpoint=""):
+    """(TimeCycle, checkpoint path) rebuilt from `<workdir>/config.json` and `<workdir>/ckpt`.
+
+    Args:
+      workdir: a training run folder.
+      checkpoint: a checkpoint name in `<workdir>/ckpt` (e.g. "ckpt-500"); "" for the latest.
+    Raises:
+      ValueError naming the workdir or checkpoint when there is none.
+    """
+    import json  # noqa: PLC0415
+
+    import tensorflow as tf  # noqa: PLC0415
+
+    from tc_keras import config as tconfig  # noqa: PLC0415
+    from tc_keras.model import build_model  # noqa: PLC0415
+
+    workdir = pathlib.Path(workdir)
+    if not (workdir / "config.json").is_file():
+        raise ValueError(f"{workdir}: not a training workdir (no config.json)")
+    path = (str(workdir / "ckpt" / checkpoint) if checkpoint
+            else tf.train.latest_checkpoint(str(workdir / "ckpt")))
+    if not path or not pathlib.Path(path + ".index").is_file():
+        raise ValueError(f"{workdir}: no checkpoint {checkpoint or ''} in {workdir / 'ckpt'}")
+    config = tconfig.Config.from_dict(json.loads((workdir / "config.json").read_text()))
+    model = build_model(config)
+    model.build_from_crop()
+    model.compile()  # builds the optimizer: older checkpoints hold the weights only through it
+    training_checkpoint(model).restore(path).expect_partial()
+    return model, path
 
 
 def make_embed(encoder):

@@ -16,7 +16,7 @@ import sys
 from absl import app, flags, logging
 
 from tc_keras import config as tconfig
-from tc_keras.checkpoints import ENCODER_FILE, save_encoder
+from tc_keras.checkpoints import ENCODER_FILE, save_encoder, training_checkpoint
 
 # The model, TensorFlow and the data modules are imported after flag parsing, in `run`, so that
 # `--help` is fast and flag errors come before TensorFlow's start-up noise.
@@ -140,8 +140,8 @@ def run(config):
         model.compile(optimizer=keras.optimizers.Adam(t.learning_rate, beta_1=t.beta_1,
                                                       beta_2=t.beta_2))
     # The config travels inside the checkpoint (a plain local variable: strings cannot be mirrored).
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
-                                     config=tf.Variable(config.to_json(), trainable=False))
+    checkpoint = training_checkpoint(
+        model, config=tf.Variable(config.to_json(), trainable=False))
     manager = tf.train.CheckpointManager(checkpoint, str(out_dir / "ckpt"), max_to_keep=3)
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).expect_partial()

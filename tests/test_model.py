@@ -155,3 +155,21 @@ def test_learning_sanity_cycle_loss_falls_on_known_crops():
         assert np.mean(hist[term][-4:]) < 0.2 * np.mean(hist[term][:3]), (term, hist[term])
     assert not np.allclose(enc0, np.array(model.encoder.stem_conv.kernel))
     assert not np.allclose(loc0, np.array(model.tracker.localizer.convs[0].kernel))
+
+
+def test_training_checkpoint_restores_every_variable(tmp_path):
+    """Layers kept in lists (encoder blocks, localizer convs) and BatchNorm moving statistics
+    included: a plain tf.train.Checkpoint(model=...) misses them under Keras 3."""
+    from tc_keras.checkpoints import training_checkpoint
+
+    saved = small_model(num_past=1)
+    rng = np.random.default_rng(0)
+    for v in saved.variables:
+        v.assign(rng.normal(size=v.shape).astype(v.dtype))
+    path = training_checkpoint(saved).save(str(tmp_path / "ckpt"))
+    restored = small_model(num_past=1)
+    training_checkpoint(restored).restore(path).assert_existing_objects_matched()
+    assert len(restored.variables) == len(saved.variables)
+    for a, b in zip(saved.variables, restored.variables):
+        assert a.path.split("/", 1)[1] == b.path.split("/", 1)[1]
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
