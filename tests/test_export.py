@@ -88,14 +88,19 @@ def test_tflite_resizes_to_other_frame_sizes(runtimes):
         assert feats.shape == (1, size[0] // 8, size[1] // 8, 512)
 
 
+def _unit_features_and_labels(rng, frames, positions, channels, classes):
+    """(frames, positions, channels) L2-normalised features and (frames, positions, classes) labels."""
+    feats = rng.normal(size=(frames, positions, channels)).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=-1, keepdims=True)
+    return feats, rng.random((frames, positions, classes)).astype(np.float32)
+
+
 @pytest.mark.parametrize("joint_topk", [True, False])
 @pytest.mark.parametrize("radius", [None, 2.0])
 def test_propagate_signature_is_vote(runtimes, joint_topk, radius):
     rng = np.random.default_rng(1)
     h, w, c, k, m = 4, 6, 16, 3, 3
-    feats = rng.normal(size=(m, h * w, c)).astype(np.float32)
-    feats /= np.linalg.norm(feats, axis=-1, keepdims=True)
-    labels = rng.random((m, h * w, k)).astype(np.float32)
+    feats, labels = _unit_features_and_labels(rng, m, h * w, c, k)
     queries = feats[1, :10] + 0.1  # (Q, C): a chunk of 10 query positions
     allowed = None if radius is None else radius_mask(h, w, radius)[:10]
     short_term = np.arange(m) > 0
@@ -113,9 +118,7 @@ def test_propagate_local_signature_is_vote_local(runtimes, joint_topk, radius):
     """Every runtime's local step = Keras `vote_local` = dense `vote` with the radius mask."""
     rng = np.random.default_rng(2)
     h, w, c, k, m = 5, 7, 16, 3, 4
-    feats = rng.normal(size=(m, h * w, c)).astype(np.float32)
-    feats /= np.linalg.norm(feats, axis=-1, keepdims=True)
-    labels = rng.random((m, h * w, k)).astype(np.float32)
+    feats, labels = _unit_features_and_labels(rng, m, h * w, c, k)
     query = feats[1] + 0.1  # (N, C)
     tiles = local_tiles(h, w, radius, (2, 4))  # edge tiles padded on both axes
     args = (feats[:1], labels[:1], feats[1:].transpose(1, 0, 2), labels[1:].transpose(1, 0, 2),
