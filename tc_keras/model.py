@@ -141,10 +141,6 @@ class TimeCycle(keras.Model):
             self.long_weight, self.skip_weight, self.sim_weight, self.self_weight)
 
     # ----------------------------------------------------------------------------- training
-    def optimizable_variables(self):
-        """Every variable the optimiser may ever update, frozen encoder included."""
-        return list(self.trainable_variables)
-
     def step_variables(self):
         """The variables a training step updates: the tracker's alone while the encoder is frozen."""
         if self.freeze_encoder:
@@ -164,7 +160,7 @@ class TimeCycle(keras.Model):
                              "pass an optimizer without clipnorm/global_clipnorm")
         super().compile(optimizer=optimizer, **kwargs)
         if self.built:
-            self.optimizer.build(self.optimizable_variables())
+            self.optimizer.build(self.trainable_variables)  # frozen encoder included
 
     def build_from_crop(self):
         """Builds all weights with a symbolic batch of the configured size."""
