@@ -73,12 +73,11 @@ def random_with_batchnorm_statistics(workdir, shards, batches=40):
     import keras
     import tensorflow as tf
 
-    from tc_keras import config as tconfig
-    from tc_keras.checkpoints import load_encoder_model, save_encoder
+    from tc_keras.checkpoints import load_encoder_model, load_run_config, save_encoder
     from tc_keras.data import pipeline
     from tc_keras.train import clip_kwargs
 
-    config = tconfig.Config.from_dict(json.loads((workdir / "config.json").read_text()))
+    config = load_run_config(workdir)
     files = sorted(str(p) for p in pathlib.Path(shards).glob("*.tfrecord"))
     data = pipeline.clip_dataset(files, batch_size=8, shuffle_buffer=64, seed=5,
                                  **clip_kwargs(config))

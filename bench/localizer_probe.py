@@ -16,7 +16,6 @@ Reads clips of <workdir>/real_shards (or --shards) with the workdir's clip setti
    cycle alone, with held-out l_theta: how hard the cycle signal is, with the features held fixed.
 """
 
-import json
 import pathlib
 import sys
 import time
@@ -42,16 +41,18 @@ def main(argv):
     import keras
     import tensorflow as tf
 
-    from tc_keras import config as tconfig
     from tc_keras import losses as tl
-    from tc_keras.checkpoints import restore_training_model
+    from tc_keras.checkpoints import load_run_config, restore_training_model
     from tc_keras.data import pipeline
     from tc_keras.model import build_model
     from tc_keras.tracker import Tracker
     from tc_keras.train import clip_kwargs
 
     workdir = (ROOT / _WORKDIR.value).resolve()
-    config = tconfig.Config.from_dict(json.loads((workdir / "config.json").read_text()))
+    try:
+        config = load_run_config(workdir)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     shard_dir = pathlib.Path(_SHARDS.value) if _SHARDS.value else workdir / "real_shards"
     shards = sorted(str(p) for p in shard_dir.glob("*.tfrecord"))
     if not shards:

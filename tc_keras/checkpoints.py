@@ -9,6 +9,7 @@ The training state (`<workdir>/ckpt/`) is a `tf.train.Checkpoint` made by `train
 `restore_training_model` rebuilds the whole TimeCycle (encoder and tracker) from it.
 """
 
+import json
 import os
 import pathlib
 
@@ -17,6 +18,7 @@ import keras
 from tc_keras import ops as tops
 
 ENCODER_FILE = "encoder.keras"
+CONFIG_FILE = "config.json"
 
 
 def save_encoder(encoder, path):
@@ -43,6 +45,20 @@ def training_checkpoint(model, **extra):
                                model_variables=by_path, **extra)
 
 
+def load_run_config(workdir):
+    """The tc_keras.config.Config a training run wrote to `<workdir>/config.json`.
+
+    Raises:
+      ValueError naming the workdir when it has no config.json.
+    """
+    from tc_keras import config as tconfig  # noqa: PLC0415
+
+    path = pathlib.Path(workdir) / CONFIG_FILE
+    if not path.is_file():
+        raise ValueError(f"{workdir}: not a training workdir (no {CONFIG_FILE})")
+    return tconfig.Config.from_dict(json.loads(path.read_text()))
+
+
 def restore_training_model(workdir, checkpoint=""):
     """(TimeCycle, checkpoint path) rebuilt from `<workdir>/config.json` and `<workdir>/ckpt`.
 
@@ -52,21 +68,16 @@ def restore_training_model(workdir, checkpoint=""):
     Raises:
       ValueError naming the workdir or checkpoint when there is none.
     """
-    import json  # noqa: PLC0415
-
     import tensorflow as tf  # noqa: PLC0415
 
-    from tc_keras import config as tconfig  # noqa: PLC0415
     from tc_keras.model import build_model  # noqa: PLC0415
 
     workdir = pathlib.Path(workdir)
-    if not (workdir / "config.json").is_file():
-        raise ValueError(f"{workdir}: not a training workdir (no config.json)")
+    config = load_run_config(workdir)
     path = (str(workdir / "ckpt" / checkpoint) if checkpoint
             else tf.train.latest_checkpoint(str(workdir / "ckpt")))
     if not path or not pathlib.Path(path + ".index").is_file():
         raise ValueError(f"{workdir}: no checkpoint {checkpoint or ''} in {workdir / 'ckpt'}")
-    config = tconfig.Config.from_dict(json.loads((workdir / "config.json").read_text()))
     model = build_model(config)
     model.build_from_crop()
     model.compile()  # builds the optimizer: older checkpoints hold the weights only through it

@@ -16,12 +16,10 @@ import sys
 from absl import app, flags, logging
 
 from tc_keras import config as tconfig
-from tc_keras.checkpoints import ENCODER_FILE, save_encoder, training_checkpoint
+from tc_keras.checkpoints import CONFIG_FILE, ENCODER_FILE, save_encoder, training_checkpoint
 
 # The model, TensorFlow and the data modules are imported after flag parsing, in `run`, so that
 # `--help` is fast and flag errors come before TensorFlow's start-up noise.
-
-CONFIG_FILE = "config.json"
 
 
 def make_strategy(name):
