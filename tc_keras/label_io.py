@@ -6,6 +6,8 @@ Masks are PNG files:
 - 8-bit grayscale (mode "L") with values 0 and 255 only (DAVIS-2016): one object; it is read as
   id 1 and written back as 0/255 grayscale;
 - other grayscale PNGs: the values are object ids and are written back as grayscale.
+In indexed masks id 255 marks "void" pixels (the DAVIS convention: objects are 1..n): evaluation
+ignores them and propagation treats them as background (`split_void`).
 
 Keypoints JSON (the format of jhmdb-catch/joints.json): {"image_size": [W, H], "joint_names":
 [...], "joints": [[[x, y] * J] * T]} with x, y in pixels; null or NaN for a missing joint.
@@ -21,6 +23,10 @@ from typing import Optional
 
 import numpy as np
 from PIL import Image
+
+
+# Void label of indexed (palette) annotations (PAPER.md, "Metrics": DAVIS void).
+VOID_ID = 255
 
 
 class LabelError(ValueError):
@@ -60,6 +66,18 @@ def read_mask(path):
     if values.max(initial=0) == 255 and set(values.tolist()) <= {0, 255}:
         return (ids > 0).astype(np.uint8), MaskFormat(binary255=True)
     return ids.astype(np.uint8), MaskFormat()
+
+
+def split_void(ids, fmt):
+    """(ids with void pixels set to background 0, bool (H, W) void map or None).
+
+    Only indexed (palette) masks have void pixels (id 255); for other formats the ids are returned
+    unchanged with None.
+    """
+    if not fmt.palette:
+        return ids, None
+    void = np.asarray(ids) == VOID_ID
+    return np.where(void, 0, ids).astype(np.uint8), void
 
 
 def write_mask(path, ids, fmt):

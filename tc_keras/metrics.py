@@ -1,13 +1,19 @@
 """Evaluation metrics: DAVIS J and F (region and boundary), JHMDB PCK, part mIoU.
 
 NumPy only (no SciPy or OpenCV): morphology is done with array shifts. Semantics follow PAPER.md,
-"Metrics", and the DAVIS-2017 semi-supervised evaluation protocol as described there:
+"Metrics", and the official DAVIS-2017 semi-supervised evaluation, so that figures compare with
+the papers' tables:
 
-- J (region similarity): IoU of one object's predicted and ground-truth masks in one frame; 1 when
-  both are empty (the union is empty).
-- F (contour accuracy): boundaries are 1 px wide; a boundary pixel counts as matched when a
-  boundary pixel of the other mask lies within a disk of radius ceil(0.008 * image diagonal)
-  (8 px at 854x480). Precision = matched predicted boundary / predicted boundary, recall = matched
+- Void: pixels marked void in the ground truth (label 255 of a palette annotation whose objects
+  are 1..n) are ignored by J and F; pass them as `void`.
+- J (region similarity): IoU of one object's predicted and ground-truth masks in one frame, void
+  pixels excluded; 1 when the union is empty.
+- F (contour accuracy): boundary maps as the official evaluation computes them (`boundary`): a
+  pixel is on the boundary when it differs from its right, lower or lower-right neighbour (the
+  last row compares to the right only, the last column downwards only; the image border is not a
+  boundary). Void pixels are set to background first. A boundary pixel counts as matched when a
+  boundary pixel of the other mask lies within a disk of radius ceil(0.008 * image diagonal) (8 px
+  at 854x480). Precision = matched predicted boundary / predicted boundary, recall = matched
   ground-truth boundary / ground-truth boundary, F = 2PR / (P + R). Empty boundaries: both empty
   -> P = R = 1 (F = 1); only the prediction empty -> P = 1, R = 0; only the ground truth empty ->
   P = 0, R = 1 (F = 0 either way).
@@ -15,11 +21,13 @@ NumPy only (no SciPy or OpenCV): morphology is done with array shifts. Semantics
 - Per object: mean over frames, recall = fraction of frames with a score > 0.5, decay = mean of the
   first bin minus mean of the last bin after splitting the frames into 4 bins (see `decay`).
 - J-Mean / F-Mean: average over all objects of all sequences; J&F-Mean: the mean of the two.
+- PCK (JHMDB): the follow-up work's public evaluation; see `pck`.
 
 Shape legend: T time, H W spatial, J joints.
 """
 
 import math
+import warnings
 
 import numpy as np
 
@@ -29,22 +37,25 @@ BOUNDARY_TOLERANCE = 0.008
 DECAY_BINS = 4
 # A frame "succeeds" for the recall statistic when its score exceeds this (PAPER.md, "Metrics").
 RECALL_THRESHOLD = 0.5
-# PCK thresholds reported for JHMDB (PAPER.md, "Metrics").
+# PCK thresholds reported for JHMDB, and the person size L = 0.6 x the diagonal of the box of the
+# visible ground-truth joints (PAPER.md, "Metrics").
 PCK_ALPHAS = (0.1, 0.2)
+PCK_BOX_FRACTION = 0.6
 
 
 # ----------------------------------------------------------------------------------------------
 # Region similarity J
 # ----------------------------------------------------------------------------------------------
 
-def iou(pred, gt):
-    """IoU of two boolean masks (H, W); 1.0 when both are empty."""
+def iou(pred, gt, void=None):
+    """IoU of two boolean masks (H, W), pixels where `void` is true ignored; 1.0 for an empty union."""
     pred = np.asarray(pred, bool)
     gt = np.asarray(gt, bool)
-    union = np.count_nonzero(pred | gt)
+    keep = np.ones_like(gt) if void is None else ~np.asarray(void, bool)
+    union = np.count_nonzero((pred | gt) & keep)
     if union == 0:
         return 1.0
-    return np.count_nonzero(pred & gt) / union
+    return np.count_nonzero(pred & gt & keep) / union
 
 
 # ----------------------------------------------------------------------------------------------
@@ -62,18 +73,25 @@ def _shift(mask, dy, dx, fill):
 
 
 def boundary(mask):
-    """1 px wide inner boundary of a boolean mask (H, W).
+    """Boundary map of a boolean mask (H, W), as the official DAVIS evaluation computes it.
 
-    A pixel is on the boundary when it is foreground and at least one of its 4 neighbours is
-    background. The image border is not a boundary: pixels outside the image are treated as equal
-    to the pixel itself, so a mask that fills the frame has no boundary.
+    A pixel (foreground or background) is on the boundary when it differs from its right, lower
+    or lower-right neighbour. The last row is compared with its right neighbour only, the last
+    column with its lower neighbour only, and the bottom-right pixel never is a boundary: the
+    image border itself is not a boundary, so a mask that fills the frame has none.
     """
-    mask = np.asarray(mask, bool)
-    edge = np.zeros_like(mask)
-    for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-        # Neighbour value at (y - dy, x - dx); outside the image it counts as foreground.
-        edge |= ~_shift(mask, dy, dx, True)
-    return mask & edge
+    seg = np.asarray(mask, bool)
+    right = np.zeros_like(seg)
+    right[:, :-1] = seg[:, 1:]
+    below = np.zeros_like(seg)
+    below[:-1, :] = seg[1:, :]
+    diagonal = np.zeros_like(seg)
+    diagonal[:-1, :-1] = seg[1:, 1:]
+    edge = (seg ^ right) | (seg ^ below) | (seg ^ diagonal)
+    edge[-1, :] = seg[-1, :] ^ right[-1, :]
+    edge[:, -1] = seg[:, -1] ^ below[:, -1]
+    edge[-1, -1] = False
+    return edge
 
 
 def disk_offsets(radius):
@@ -98,10 +116,14 @@ def boundary_radius(shape):
     return int(math.ceil(BOUNDARY_TOLERANCE * math.hypot(shape[0], shape[1])))
 
 
-def boundary_f(pred, gt, radius=None):
-    """Boundary F-measure of two boolean masks (H, W) (see the module docstring)."""
+def boundary_f(pred, gt, radius=None, void=None):
+    """Boundary F-measure of two boolean masks (H, W), void pixels set to background first (see the
+    module docstring)."""
     pred = np.asarray(pred, bool)
     gt = np.asarray(gt, bool)
+    if void is not None:
+        keep = ~np.asarray(void, bool)
+        pred, gt = pred & keep, gt & keep
     if radius is None:
         radius = boundary_radius(gt.shape)
     pb = boundary(pred)
@@ -156,29 +178,32 @@ def object_ids(first_gt):
     return [int(i) for i in ids if i != 0]
 
 
-def evaluate_frames(gt_frames, pred_frames, ids):
+def evaluate_frames(gt_frames, pred_frames, ids, void_frames=None):
     """Per-frame J and F for each object over frames 1 .. T-2 (first and last excluded).
 
     Args:
       gt_frames, pred_frames: sequences of T integer label maps (H, W) (0 = background, k = object
         k); they may be generators, but both must have the same length and sizes.
       ids: the object ids to score.
+      void_frames: optional sequence of T boolean (H, W) maps of ground-truth void pixels (or None
+        entries), ignored by J and F.
     Returns:
       {id: {"J": [T-2 floats], "F": [T-2 floats]}}.
     """
     scores = {k: {"J": [], "F": []} for k in ids}
     gt_list = list(gt_frames)
     pred_list = list(pred_frames)
-    if len(gt_list) != len(pred_list):
+    void_list = [None] * len(gt_list) if void_frames is None else list(void_frames)
+    if len(gt_list) != len(pred_list) or len(void_list) != len(gt_list):
         raise ValueError(f"{len(pred_list)} predicted frames for {len(gt_list)} ground-truth frames")
     for t in range(1, len(gt_list) - 1):
-        gt, pred = np.asarray(gt_list[t]), np.asarray(pred_list[t])
+        gt, pred, void = np.asarray(gt_list[t]), np.asarray(pred_list[t]), void_list[t]
         if gt.shape != pred.shape:
             raise ValueError(f"frame {t}: prediction {pred.shape} vs ground truth {gt.shape}")
         radius = boundary_radius(gt.shape)
         for k in ids:
-            scores[k]["J"].append(iou(pred == k, gt == k))
-            scores[k]["F"].append(boundary_f(pred == k, gt == k, radius))
+            scores[k]["J"].append(iou(pred == k, gt == k, void))
+            scores[k]["F"].append(boundary_f(pred == k, gt == k, radius, void))
     return scores
 
 
@@ -223,20 +248,22 @@ def davis_summary(sequence_scores):
 # ----------------------------------------------------------------------------------------------
 
 def pck(pred, gt, alphas=PCK_ALPHAS, exclude_first=True):
-    """Percentage of correct keypoints.
+    """Percentage of correct keypoints, as the follow-up work's public JHMDB evaluation computes it.
 
-    A joint is correct when its distance to the ground truth is at most alpha * L, where L is the
-    larger side, max(width, height), of the bounding box of that frame's ground-truth joints (the
-    person size used by the common TimeCycle / JHMDB evaluation). Ground-truth joints with a NaN
-    coordinate are ignored. The first frame (given as input) is excluded by default.
+    A joint is correct when its distance to the ground truth is at most alpha * L, where
+    L = 0.6 x the diagonal of the bounding box of that frame's visible ground-truth joints.
+    Ground-truth joints with a NaN coordinate are not visible and not scored; a NaN prediction of a
+    visible joint is wrong. The first frame (given as input) is excluded by default. Each joint's
+    PCK is its fraction of correct scored frames; the PCK is the mean over the joints (joints never
+    scored are left out of the mean).
 
     Args:
       pred, gt: (T, J, 2) joint (x, y) positions in pixels.
       alphas: thresholds, fractions of L.
       exclude_first: drop frame 0.
     Returns:
-      {"PCK@<alpha>": fraction in [0, 1] over all scored (frame, joint) pairs, ...,
-       "per_joint@<alpha>": [J fractions], "frames": number of frames scored}.
+      {"PCK@<alpha>": mean over joints of the per-joint fraction in [0, 1], ...,
+       "per_joint@<alpha>": [J fractions, NaN for a joint never scored], "frames": frames scored}.
     """
     pred = np.asarray(pred, np.float64)
     gt = np.asarray(gt, np.float64)
@@ -245,17 +272,20 @@ def pck(pred, gt, alphas=PCK_ALPHAS, exclude_first=True):
     if exclude_first:
         pred, gt = pred[1:], gt[1:]
     valid = np.all(np.isfinite(gt), axis=-1)  # (T, J)
-    big = np.where(valid[..., None], gt, np.nan)
-    with np.errstate(invalid="ignore"):
-        size = np.nanmax(np.nanmax(big, axis=1) - np.nanmin(big, axis=1), axis=-1)  # (T,)
+    visible = np.where(valid[..., None], gt, np.nan)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # frames with no visible joint: NaN
+        extent = np.nanmax(visible, axis=1) - np.nanmin(visible, axis=1)  # (T, 2) box w, h
+    size = PCK_BOX_FRACTION * np.hypot(extent[:, 0], extent[:, 1])  # (T,)
     dist = np.linalg.norm(pred - gt, axis=-1)  # (T, J)
     dist = np.where(np.isfinite(dist), dist, np.inf)
+    scored = np.count_nonzero(valid, axis=0)  # (J,)
     out = {"frames": int(gt.shape[0])}
     for a in alphas:
         correct = (dist <= a * size[:, None]) & valid
-        n = np.count_nonzero(valid)
-        out[f"PCK@{a:g}"] = float(np.count_nonzero(correct) / n) if n else float("nan")
-        per_joint = np.count_nonzero(correct, axis=0) / np.maximum(np.count_nonzero(valid, axis=0), 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_joint = np.where(scored > 0, np.count_nonzero(correct, axis=0) / scored, np.nan)
+        out[f"PCK@{a:g}"] = float(np.nanmean(per_joint)) if np.any(scored) else float("nan")
         out[f"per_joint@{a:g}"] = [float(v) for v in per_joint]
     return out
 

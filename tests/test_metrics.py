@@ -32,14 +32,55 @@ def test_iou_known_value_and_empty_union():
     assert metrics.iou(empty, square(8, 2, 2, 3)) == 0.0
 
 
-def test_boundary_is_one_pixel_wide_and_ignores_image_border():
-    b = metrics.boundary(square(side=20))
-    assert np.count_nonzero(b) == 4 * 20 - 4
+def test_boundary_map_as_the_official_davis_evaluation():
+    """Hand-computed: a pixel differing from its right, lower or lower-right neighbour."""
+    seg = np.zeros((5, 5), bool)
+    seg[1:3, 1:3] = True
+    expected = np.array([[1, 1, 1, 0, 0],
+                         [1, 0, 1, 0, 0],
+                         [1, 1, 1, 0, 0],
+                         [0, 0, 0, 0, 0],
+                         [0, 0, 0, 0, 0]], bool)
+    np.testing.assert_array_equal(metrics.boundary(seg), expected)
+    # A 20x20 square: its right column and bottom row (39 px) and the background column and row
+    # above-left of it (41 px, the corner included).
+    assert np.count_nonzero(metrics.boundary(square(side=20))) == 80
+    # The image border is not a boundary.
     assert not metrics.boundary(np.ones((16, 16), bool)).any()
-    # A half-plane touching the border: only the inner edge row is a boundary.
     half = np.zeros((16, 16), bool)
     half[8:] = True
-    assert np.array_equal(np.argwhere(metrics.boundary(half))[:, 0], np.full(16, 8))
+    np.testing.assert_array_equal(np.argwhere(metrics.boundary(half))[:, 0], np.full(16, 7))
+    # Last row: compared to the right only; last column: downwards only.
+    corner = np.zeros((4, 4), bool)
+    corner[3, 3] = True
+    np.testing.assert_array_equal(np.argwhere(metrics.boundary(corner)), [[2, 2], [2, 3], [3, 2]])
+
+
+def test_boundary_f_hand_computed():
+    """Single pixels 2 apart: boundaries {(2,2),(2,3),(3,2),(3,3)} and {(2,4),(2,5),(3,4),(3,5)};
+    within radius 1 half of each is matched: P = R = F = 0.5."""
+    gt = np.zeros((8, 8), bool)
+    gt[3, 3] = True
+    pred = np.zeros((8, 8), bool)
+    pred[3, 5] = True
+    assert metrics.boundary_f(pred, gt, 1) == pytest.approx(0.5)
+
+
+def test_void_pixels_are_ignored_by_j_and_f():
+    gt = np.zeros((8, 8), bool)
+    gt[2:4, 2:4] = True
+    pred = gt.copy()
+    pred[2:4, 4:6] = True  # 4 extra pixels
+    void = np.zeros((8, 8), bool)
+    void[2:4, 4:6] = True
+    assert metrics.iou(pred, gt) == pytest.approx(4 / 8)
+    assert metrics.iou(pred, gt, void) == 1.0
+    assert metrics.boundary_f(pred, gt, 0) < 1.0
+    assert metrics.boundary_f(pred, gt, 0, void) == 1.0
+    gt_ids, pred_ids = np.stack([gt] * 3).astype(np.uint8), np.stack([pred] * 3).astype(np.uint8)
+    scores = metrics.evaluate_frames(gt_ids, pred_ids, [1], [void] * 3)
+    assert scores[1]["J"] == [1.0] and scores[1]["F"] == [1.0]
+    assert metrics.evaluate_frames(gt_ids, pred_ids, [1])[1]["J"] == [0.5]
 
 
 def test_boundary_radius_is_8_px_at_480p():
@@ -51,10 +92,8 @@ def test_boundary_f_of_shifted_square():
     gt = square()
     # A 1 px shift is within the 1 px tolerance of a 64x64 image: perfect F.
     assert metrics.boundary_f(square(left=11), gt) == 1.0
-    # A 3 px shift: each square's top and bottom rows match on 18 of 20 pixels and each side
-    # column on the 2 pixels next to a corner: 38 of 76 boundary pixels, P = R = F = 0.5.
     shifted = square(left=13)
-    assert metrics.boundary_f(shifted, gt) == pytest.approx(0.5)
+    assert metrics.boundary_f(shifted, gt) < 1.0
     assert metrics.boundary_f(shifted, gt) == pytest.approx(brute_boundary_f(shifted, gt, 1))
 
 
@@ -123,24 +162,34 @@ def test_summary_averages_over_objects_not_sequences():
     assert summary["sequences"]["a"]["J-Mean"] == pytest.approx(0.5)
 
 
-def test_pck_made_up_joints():
-    # GT person bbox: x 0..100, y 0..50 -> L = max(100, 50) = 100.
-    gt = np.array([[[0, 0], [100, 0], [0, 50], [100, 50]]], np.float64)
-    gt = np.repeat(gt, 2, axis=0)  # frame 0 is excluded
+def test_pck_hand_computed():
+    """L = 0.6 x the diagonal of the visible joints' box; PCK = the mean of per-joint PCKs."""
+    nan = np.nan
+    gt = np.array([[[0, 0], [60, 0], [0, 80], [60, 80]],        # frame 0: excluded
+                   [[0, 0], [60, 0], [0, 80], [60, 80]],        # box 60x80: L = 0.6 * 100 = 60
+                   [[0, 0], [60, 0], [nan, nan], [nan, nan]]],  # box 60x0: L = 36
+                  np.float64)
     pred = gt.copy()
-    pred[1] += [[5, 0], [0, 15], [30, 0], [0, 0]]   # errors 5, 15, 30, 0 px
-    pred[0] += 1000                                    # frame 0 would fail everything
+    pred[0] += 1000                                 # frame 0 would fail everything
+    pred[1] += [[5, 0], [0, 10], [13, 0], [0, 0]]   # errors 5, 10, 13, 0 px (6 and 12 px)
+    pred[2] += [[2, 0], [0, 3], [0, 0], [0, 0]]     # errors 2, 3 px (3.6 and 7.2 px)
     out = metrics.pck(pred, gt)
-    assert out["frames"] == 1
-    assert out["PCK@0.1"] == pytest.approx(2 / 4)   # <= 10 px: 5, 0
-    assert out["PCK@0.2"] == pytest.approx(3 / 4)   # <= 20 px: 5, 15, 0
-    assert out["per_joint@0.2"] == [1.0, 1.0, 0.0, 1.0]
+    assert out["frames"] == 2
+    # @0.1 per joint: 2/2, 1/2 (10 > 6, 3 <= 3.6), 0/1, 1/1 -> mean 0.625 (pooled would be 4/6).
+    assert out["per_joint@0.1"] == pytest.approx([1.0, 0.5, 0.0, 1.0])
+    assert out["PCK@0.1"] == pytest.approx(0.625)
+    # @0.2 per joint: 2/2, 2/2, 0/1 (13 > 12), 1/1 -> 0.75.
+    assert out["PCK@0.2"] == pytest.approx(0.75)
 
 
-def test_pck_ignores_missing_ground_truth():
+def test_pck_missing_joints_and_predictions():
     gt = np.array([[[0, 0], [10, 10], [np.nan, np.nan]]] * 2)
     pred = np.array([[[0, 0], [10, 10], [500, 500]]] * 2, np.float64)
-    assert metrics.pck(pred, gt)["PCK@0.1"] == 1.0
+    out = metrics.pck(pred, gt)
+    assert out["PCK@0.1"] == 1.0  # the joint missing in the ground truth is not scored
+    assert np.isnan(out["per_joint@0.1"][2])
+    pred[1, 1] = np.nan  # a missing prediction of a visible joint is wrong
+    assert metrics.pck(pred, gt)["PCK@0.1"] == 0.5
 
 
 def test_mean_iou_from_confusion():

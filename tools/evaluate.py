@@ -1,13 +1,14 @@
 r"""Scores propagation results: DAVIS J/F or JHMDB PCK. Prints a table and writes a JSON file.
 
-DAVIS (semantics in tc_keras/metrics.py: first and last frame excluded, J-Mean / F-Mean over all
-objects, recall, decay):
+DAVIS (semantics in tc_keras/metrics.py, as the official DAVIS-2017 evaluation: first and last frame
+excluded, void pixels (255 in palette annotations) ignored, J-Mean / F-Mean over all objects,
+recall, decay):
   python tools/evaluate.py --davis_root DAVIS --results results [--sequences a,b] [--json out.json]
   reads results/<seq>/<frame>.png for every ground-truth frame Annotations/480p/<seq>/<frame>.png;
   writes results/davis_metrics.json unless --json is given.
 
-Keypoints (PCK@0.1 and @0.2, L = max(width, height) of the ground-truth joint box, frame 0
-excluded):
+Keypoints (PCK@0.1 and @0.2 as the follow-up work's JHMDB evaluation: L = 0.6 x the diagonal of
+the visible ground-truth joints' box, frame 0 excluded, the mean over joints of each joint's PCK):
   python tools/evaluate.py --jhmdb_joints joints.json --results out/kp  (or out/kp/keypoints.json)
   writes <results folder>/pck_metrics.json unless --json is given.
 
@@ -68,13 +69,13 @@ def evaluate_davis(root, results, sequences):
         raise _missing_error(missing)
     scores = {}
     for seq, (gt_files, pred_files) in plan.items():
-        gt = [label_io.read_mask(p)[0] for p in gt_files]
+        gt, void = zip(*(label_io.split_void(*label_io.read_mask(p)) for p in gt_files))
         pred = [label_io.read_mask(p)[0] for p in pred_files]
         for g, p, path in zip(gt, pred, pred_files):
             if g.shape != p.shape:
                 raise ValueError(f"{path}: {p.shape[1]}x{p.shape[0]} but the ground truth is "
                                  f"{g.shape[1]}x{g.shape[0]}")
-        scores[seq] = metrics.evaluate_frames(gt, pred, metrics.object_ids(gt[0]))
+        scores[seq] = metrics.evaluate_frames(gt, pred, metrics.object_ids(gt[0]), void)
     return metrics.davis_summary(scores)
 
 

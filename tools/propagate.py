@@ -148,6 +148,7 @@ def run_video(source, labels_path, out_dir, embed, config, overlay, step=None, l
         stream = prop.propagate_keypoints(frames, first, embed, config, step, local_step)
     else:
         ids, fmt = label_io.read_mask(labels_path)
+        ids, _ = label_io.split_void(ids, fmt)  # void (255 in a palette mask) = background
         label_io.check_mask(labels_path, ids, size)
         stream = prop.propagate_mask(frames, ids, embed, config, step, local_step)
     fps = info["fps"] or _FPS.value
