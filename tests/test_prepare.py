@@ -164,3 +164,30 @@ def test_worker_crash_fails_only_that_video():
     values = [r for _, r in results]
     assert values[:2] == ["aa", "bb"] and values[3:] == ["cc", "dd", "ee", "ff"]
     assert "worker failed" in values[2]["reason"]
+
+
+def test_list_file_with_frame_folders_and_their_frame_rate(tmp_path):
+    """A frame folder in a list file gives its rate (`fps=`): 24 fps frames -> 12 fps, every other."""
+    from PIL import Image
+
+    folder = tmp_path / "seq"
+    folder.mkdir()
+    for i in range(40):
+        Image.fromarray(np.full((32, 48, 3), 5 * i, np.uint8)).save(folder / f"{i:05d}.jpg")
+    synthetic.write_corpus(tmp_path / "corpus", 1, frames=20, size=(32, 48), fps=12, seed=3)
+    (tmp_path / "list.txt").write_text("# a comment\nseq fps=24\ncorpus/videos/vid_0000.mp4\n")
+    report = prepare.prepare(tmp_path / "list.txt", tmp_path / "out", workers=1, height=32)
+    assert report["videos"] == 2 and report["skipped_count"] == 0
+    rows = {json.loads(r)["id"]: json.loads(r)
+            for r in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()}
+    assert rows["seq"]["frames"] == 20 and rows["seq"]["source"].endswith("seq fps=24")
+    frames = _read_shard(next((tmp_path / "out").glob("*.tfrecord")))
+    seq = [ex for ex in frames if ex["id"].numpy() == b"seq"][0]
+    first_three = [tf.io.decode_jpeg(f).numpy().mean() for f in seq["frames"][:3]]
+    np.testing.assert_allclose(first_three, [0, 10, 20], atol=2)  # frames 0, 2, 4 (JPEG)
+    (tmp_path / "bad.txt").write_text("seq fps=zero\n")
+    with pytest.raises(ValueError, match="bad.txt, line 1.*fps="):
+        prepare.find_videos(tmp_path / "bad.txt")
+    (tmp_path / "nofps.txt").write_text("seq\n")
+    report = prepare.prepare(tmp_path / "nofps.txt", tmp_path / "out2", workers=1, height=32)
+    assert report["videos"] == 0 and "folder_fps" in report["skipped"][0]["reason"]

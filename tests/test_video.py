@@ -111,6 +111,13 @@ def test_frame_folder(tmp_path):
         video.iter_frames(folder, fps=12)
 
 
+def test_frame_folder_resampled_with_its_frame_rate(tmp_path):
+    folder = _write_folder(tmp_path / "f", [f"{i:05d}.png" for i in range(6)])
+    frames = list(video.iter_frames(folder, fps=12, folder_fps=24))  # every other frame
+    assert [int(f[0, 0, 0]) for f in frames] == [0, 20, 40]
+    assert len(list(video.iter_frames(folder, fps=24, folder_fps=12))) == 12
+
+
 def test_frame_folder_gap_names_file(tmp_path):
     folder = _write_folder(tmp_path / "gap", ["00001.jpg", "00002.jpg", "00004.jpg"])
     with pytest.raises(video.VideoError, match=r"gap.*00004\.jpg") as e:

@@ -49,41 +49,61 @@ PARTIAL = ".partial"
 
 
 def find_videos(input_path):
-    """Sorted [(id, path)] from a folder tree (any nesting) or a list file (one path per line).
+    """Sorted [(id, path, folder_fps)] from a folder tree (any nesting) or a list file.
 
     Folder: every file with a video extension (.mp4 .avi .mkv .webm .mov, any case); the id is
-    the path relative to the folder. List file: blank lines and lines starting with # are ignored;
-    relative paths are relative to the list file's folder; the id is the line as written.
+    the path relative to the folder. List file: one video file or frame folder per line; blank
+    lines and lines starting with # are ignored; relative paths are relative to the list file's
+    folder; the id is the path as written. A frame folder (numbered .jpg/.png frames) has no
+    timestamps: give its frame rate after the path, e.g. `DAVIS/JPEGImages/480p/blackswan fps=24`.
+    `folder_fps` is that rate (None for video files).
     """
     root = pathlib.Path(input_path)
     if root.is_dir():
-        found = [(p.relative_to(root).as_posix(), p) for p in root.rglob("*")
+        found = [(p.relative_to(root).as_posix(), p, None) for p in root.rglob("*")
                  if p.suffix.lower() in video.VIDEO_EXTENSIONS and p.is_file()]
     elif root.is_file():
         found = []
-        for line in root.read_text().splitlines():
+        for number, line in enumerate(root.read_text().splitlines(), start=1):
             line = line.strip()
-            if line and not line.startswith("#"):
-                p = pathlib.Path(line)
-                found.append((line, p if p.is_absolute() else root.parent / p))
+            if not line or line.startswith("#"):
+                continue
+            folder_fps = None
+            name, _, last = line.rpartition(" ")
+            if name and last.startswith("fps="):
+                try:
+                    folder_fps = float(last[len("fps="):])
+                except ValueError:
+                    folder_fps = -1.0
+                if not folder_fps > 0:
+                    raise ValueError(f"{root}, line {number}: {last!r}: expected fps=<frames per "
+                                     "second> after a frame folder")
+                line = name.strip()
+            p = pathlib.Path(line)
+            found.append((line, p if p.is_absolute() else root.parent / p, folder_fps))
     else:
         raise FileNotFoundError(f"{root}: no such folder or list file")
     if not found:
         raise FileNotFoundError(f"{root}: no videos ({' '.join(video.VIDEO_EXTENSIONS)}) found")
-    found = sorted(dict(found).items())  # unique ids
-    return found
+    unique = {vid: (path, folder_fps) for vid, path, folder_fps in found}
+    return [(vid, path, folder_fps) for vid, (path, folder_fps) in sorted(unique.items())]
 
 
-def encode_video(video_id, path, fps, height, min_frames, jpeg_quality=90):
-    """Decodes one video into JPEG frames; never raises.
+def _source(path, folder_fps):
+    """How a video is named in shard metadata and reports: its path, and a frame folder's rate."""
+    return str(path) if folder_fps is None else f"{path} fps={folder_fps:g}"
+
+
+def encode_video(video_id, path, fps, height, min_frames, jpeg_quality=90, folder_fps=None):
+    """Decodes one video (or frame folder at `folder_fps`) into JPEG frames; never raises.
 
     Returns dict(id, source, record=serialized Example, frames=count, fps, height, width), or
     dict(id, source, reason) for a video that cannot be used.
     """
-    out = dict(id=video_id, source=str(path))
+    out = dict(id=video_id, source=_source(path, folder_fps))
     jpegs = []
     try:
-        for frame in video.iter_frames(path, fps=fps, height=height):
+        for frame in video.iter_frames(path, fps=fps, height=height, folder_fps=folder_fps):
             jpegs.append(records.jpeg_bytes(frame, jpeg_quality))
             shape = frame.shape
     except video.VideoError as e:
@@ -186,11 +206,11 @@ def prepare(input_path, out_dir, *, fps=DEFAULT_FPS, height=DEFAULT_HEIGHT, work
     settings = dict(fps=float(fps), height=height, min_frames=min_frames,
                     jpeg_quality=jpeg_quality)
     todo = [(name, vids) for name, vids in plan
-            if _finished(out_dir, name, [str(p) for _, p in vids], settings) is None]
+            if _finished(out_dir, name, [_source(p, f) for _, p, f in vids], settings) is None]
     logging.info("prepare: %d videos in %d shards, %d shards already done, %d to do",
                  len(videos), num_shards, num_shards - len(todo), len(todo))
-    jobs = [(name, (vid, str(path), fps, height, min_frames, jpeg_quality))
-            for name, vids in todo for vid, path in vids]
+    jobs = [(name, (vid, str(path), fps, height, min_frames, jpeg_quality, folder_fps))
+            for name, vids in todo for vid, path, folder_fps in vids]
     workers = workers or os.cpu_count() or 1
     _run(jobs, todo, out_dir, workers, settings)
     return _write_summary(out_dir, plan, input_path)
@@ -198,7 +218,7 @@ def prepare(input_path, out_dir, *, fps=DEFAULT_FPS, height=DEFAULT_HEIGHT, work
 
 def _run(jobs, todo, out_dir, workers, settings):
     shard_sizes = {name: len(vids) for name, vids in todo}
-    shard_sources = {name: [str(p) for _, p in vids] for name, vids in todo}
+    shard_sources = {name: [_source(p, f) for _, p, f in vids] for name, vids in todo}
     writer, done, skipped, start, last_log = None, 0, 0, time.time(), 0.0
     with contextlib.closing(_ordered(jobs, workers)) as results:
         for name, result in results:

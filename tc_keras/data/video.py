@@ -188,14 +188,16 @@ def _resample(decoded, fps, src_rate):
             i += 1
 
 
-def iter_frames(path, fps=None, height=None):
+def iter_frames(path, fps=None, height=None, folder_fps=None):
     """Streams uint8 RGB frames (H, W, 3) from a video file or a folder of frames.
 
     Args:
       path: a video file, or a folder of numbered .jpg/.jpeg/.png frames.
-      fps: optional frame rate to resample to, by timestamps (nearest frame in time). Not
-        applicable to frame folders, which have no timestamps.
+      fps: optional frame rate to resample to, by timestamps (nearest frame in time). A frame
+        folder has no timestamps: resampling it needs `folder_fps`.
       height: optional output height in pixels; the width keeps the aspect ratio, rounded to even.
+      folder_fps: the frame rate of a frame folder (frame i shows time i / folder_fps), e.g. 24
+        for DAVIS; ignored for video files.
     Returns:
       An iterator of (H, W, 3) uint8 arrays. Paths, folders and container headers are checked
       before this returns; decoding errors surface while iterating. Both raise VideoError.
@@ -206,10 +208,13 @@ def iter_frames(path, fps=None, height=None):
     if height is not None and height < 2:
         raise VideoError(f"{path}: height must be at least 2 pixels, got {height}")
     if path.is_dir():
-        if fps is not None:
-            raise VideoError(f"{path}: a frame folder has no timestamps; fps={fps} resampling "
-                             "applies to video files only")
-        return _iter_folder(path, list_frame_files(path), height)
+        frames = _iter_folder(path, list_frame_files(path), height)
+        if fps is None:
+            return frames
+        if folder_fps is None or folder_fps <= 0:
+            raise VideoError(f"{path}: a frame folder has no timestamps; resampling to {fps} fps "
+                             "needs its frame rate (folder_fps)")
+        return _resample(((i / folder_fps, f) for i, f in enumerate(frames)), fps, folder_fps)
     container, _ = _open(path)  # fail early on missing / empty / non-video files
     container.close()
     return _iter_file(path, fps, height)
