@@ -1,21 +1,24 @@
 """Does training learn correspondence? Train at laptop scale, then compare with the baselines.
 
-    python bench/learning.py                               # prepare, train, evaluate (about 1 h)
-    python bench/learning.py --skip_train                  # evaluate an existing workdir
-    python bench/learning.py --workdir runs/cpu_small --train_flags=--train_steps=200
+    python bench/learning.py                          # 2 seeds of configs/cpu_small.flags (~1.5 h)
+    python bench/learning.py --skip_train             # evaluate the existing runs again
+    python bench/learning.py --workdir runs/ablation --seeds 0 --nobaselines \
+        --train_flags=--nosim_theta_grad              # one ablation (flags on top of the config)
 
-1. Training data in <workdir>: the real clips of ../shared/data/real-clips and the DAVIS dev
-   sequences in --train_sequences (written as 24 fps mp4s, prepared to 12 fps shards), plus the
-   synthetic corpus (`--data=...,synthetic`).
-2. Trains with `python -m tc_keras.train --flagfile=configs/cpu_small.flags` (resumes if the
-   workdir already has checkpoints).
-3. Propagates with identity, random-init (same architecture, seed 0), the same random-init
-   encoder with its BatchNorm statistics re-estimated on training clips (so that a margin is not
-   just BatchNorm statistics) and the trained encoder on the DAVIS dev sequences that training
-   did not see (--eval_sequences) and on the JHMDB clip, at the same protocol for all (--size),
-   and prints one table: J, F, J&F, PCK@0.1/0.2.
-4. Saves the loss curve (every term over steps, from <workdir>/metrics.jsonl) as
-   <workdir>/loss_curve.png and the table as <workdir>/learning.json.
+1. Trains `python -m tc_keras.train --flagfile=configs/cpu_small.flags --workdir=<workdir>/seed<s>
+   --seed=<s>` for each of --seeds (resumes when the run has checkpoints). The flagfile names the
+   training data (configs/cpu_small_videos.txt, prepared into each run's workdir, plus synthetic
+   videos); nothing here overrides it but --train_flags.
+2. Asks each trained tracker what it does on the real training clips (bench/localizer_probe.py):
+   l_theta of the patch found in its own frame, in frame t-1 and over the skip-1 cycle against
+   always answering the mean theta, and the inlier score at the localizer's theta against chance.
+3. Propagates with identity, random-init (same architecture, seed 0), the same random-init encoder
+   with its BatchNorm statistics re-estimated on training clips (so that a margin is not just
+   BatchNorm statistics) and each trained encoder, on the DAVIS dev sequences training did not see
+   (--eval_sequences) and on the JHMDB clip, with one protocol for all (--size), and scores them
+   with tools/evaluate.py (DAVIS-2017 J/F, the follow-up work's PCK).
+4. Prints one table (each seed, and the trained encoders' mean and spread) and writes
+   <workdir>/learning.json and each run's loss curve <workdir>/seed<s>/loss_curve.png.
 """
 
 import json
@@ -29,15 +32,22 @@ from absl import app, flags
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/cpu_small", "Training run folder.")
-_TRAIN_SEQS = flags.DEFINE_list("train_sequences", ["blackswan", "car-shadow"],
-                                "DAVIS dev sequences used for training (left out of evaluation).")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/cpu_small", "Folder of the runs (one per seed).")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1"], "Training seeds.")
 _EVAL_SEQS = flags.DEFINE_list("eval_sequences", ["motocross-jump", "scooter-black"],
                                "DAVIS dev sequences to evaluate on (unseen in training).")
 _SIZE = flags.DEFINE_integer("size", 240, "Propagation input size (short side, px) for all "
                              "encoders; 240 keeps the evaluation to minutes on 2 cores.")
-_SKIP_TRAIN = flags.DEFINE_bool("skip_train", False, "Only evaluate the existing workdir.")
-_TRAIN_FLAGS = flags.DEFINE_list("train_flags", [], "Extra flags for tc_keras.train.")
+_SKIP_TRAIN = flags.DEFINE_bool("skip_train", False, "Only evaluate the existing runs.")
+_BASELINES = flags.DEFINE_bool("baselines", True, "Also evaluate identity, random-init and "
+                               "random-init with re-estimated BatchNorm statistics.")
+_TRAIN_FLAGS = flags.DEFINE_list("train_flags", [], "Extra flags for tc_keras.train, on top of "
+                                 "configs/cpu_small.flags.")
+
+FLAGFILE = "configs/cpu_small.flags"
+SMOOTH = 5
+COLUMNS = ("J", "F", "J&F", "PCK@0.1", "PCK@0.2", "self", "first", "skip", "mean-theta",
+           "inlier", "chance")
 
 
 def run(cmd):
@@ -46,30 +56,20 @@ def run(cmd):
     subprocess.run([str(c) for c in cmd], check=True, env=env, cwd=ROOT)
 
 
-def prepare_real(workdir):
-    """Real training videos -> <workdir>/real_shards (kept between runs)."""
-    from tc_keras.data import prepare, video
-
-    videos = workdir / "real_videos"
-    videos.mkdir(parents=True, exist_ok=True)
-    listed = sorted(str(p) for p in (SHARED / "real-clips").glob("*.mp4"))
-    for seq in _TRAIN_SEQS.value:
-        out = videos / f"davis_{seq}.mp4"
-        if not out.exists():
-            frames = video.iter_frames(SHARED / "davis2016-dev" / "JPEGImages" / "480p" / seq)
-            video.write_video(out, frames, fps=24)  # DAVIS is 24 fps
-        listed.append(str(out))
-    (workdir / "real_videos.txt").write_text("\n".join(listed) + "\n")
-    prepare.prepare(workdir / "real_videos.txt", workdir / "real_shards", workers=2)
-    return workdir / "real_shards"
+def real_shards(run_dir):
+    """The shards of the real (prepared) training videos of a run."""
+    shards = sorted(str(p) for p in (run_dir / "prepared").glob("*/*.tfrecord"))
+    if not shards:
+        sys.exit(f"error: {run_dir}/prepared holds no shards of real videos")
+    return shards
 
 
-def random_with_batchnorm_statistics(workdir, shards, batches=40):
-    """<workdir>/random_bn/encoder.keras: `--encoder random` (seed 0) with BatchNorm moving
-    statistics re-estimated on `batches` training batches (frames only; no weight changes)."""
-    out = workdir / "random_bn" / "encoder.keras"
+def random_with_batchnorm_statistics(out_dir, run_dir, batches=40):
+    """<out_dir>/encoder.keras: `--encoder random` (seed 0) with BatchNorm moving statistics
+    re-estimated on `batches` training batches of `run_dir`'s real clips (no weight changes)."""
+    out = out_dir / "encoder.keras"
     if out.exists():
-        return out.parent
+        return out_dir
     import keras
     import tensorflow as tf
 
@@ -77,9 +77,8 @@ def random_with_batchnorm_statistics(workdir, shards, batches=40):
     from tc_keras.data import pipeline
     from tc_keras.train import clip_kwargs
 
-    config = load_run_config(workdir)
-    files = sorted(str(p) for p in pathlib.Path(shards).glob("*.tfrecord"))
-    data = pipeline.clip_dataset(files, batch_size=8, shuffle_buffer=64, seed=5,
+    config = load_run_config(run_dir)
+    data = pipeline.clip_dataset(real_shards(run_dir), batch_size=8, shuffle_buffer=64, seed=5,
                                  **clip_kwargs(config))
     encoder = load_encoder_model("random", depth=18, seed=0)
     norms = [layer for layer in encoder._flatten_layers()
@@ -91,13 +90,13 @@ def random_with_batchnorm_statistics(workdir, shards, batches=40):
         encoder(tf.concat([batch["target"], batch["past"][:, -1]], 0), training=True)
     for layer, momentum in zip(norms, momenta):
         layer.momentum = momentum
+    out_dir.mkdir(parents=True, exist_ok=True)
     save_encoder(encoder, out)
-    return out.parent
+    return out_dir
 
 
-def evaluate(workdir, name, encoder):
+def evaluate(out, encoder):
     """dict of J, F, J&F on the eval sequences and PCK on the JHMDB clip for one encoder."""
-    out = workdir / "eval" / name
     enc = ["--encoder", encoder] + (["--depth", "18"] if encoder == "random" else [])
     davis = SHARED / "davis2016-dev"
     if not (out / "davis" / "davis_metrics.json").exists():
@@ -117,12 +116,20 @@ def evaluate(workdir, name, encoder):
             "PCK@0.1": p["PCK@0.1"], "PCK@0.2": p["PCK@0.2"]}
 
 
-SMOOTH = 5
+def probe(run_dir):
+    """What the trained tracker does on the run's real clips (bench/localizer_probe.py)."""
+    out = run_dir / "probe.json"
+    if not out.exists():
+        run([sys.executable, "bench/localizer_probe.py", "--workdir", run_dir, "--probe_steps",
+             "0", "--json", out])
+    p = json.loads(out.read_text())
+    return {"self": p["self"], "first": p["first"], "skip": p["skip"],
+            "mean-theta": p["mean_theta"], "inlier": p["inlier_theta"], "chance": p["chance"]}
 
 
 def loss_curve(metrics_path, png_path):
     """Every loss term over steps, one panel per term (logged values light, running mean dark),
-    drawn with Pillow."""
+    drawn with Pillow. Returns {term: (mean of the first 5 logged points, of the last 5)}."""
     from PIL import Image, ImageDraw
 
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
@@ -131,8 +138,10 @@ def loss_curve(metrics_path, png_path):
     img = Image.new("RGB", (w * len(terms), h), "white")
     draw = ImageDraw.Draw(img)
     steps = [r["step"] for r in rows]
+    ends = {}
     for i, term in enumerate(terms):
         vals = [r[term] for r in rows]
+        ends[term] = (sum(vals[:SMOOTH]) / len(vals[:SMOOTH]), sum(vals[-SMOOTH:]) / len(vals[-SMOOTH:]))
         lo, hi = min(vals), max(vals)
         hi = hi if hi > lo else lo + 1e-9
         x0 = i * w
@@ -150,6 +159,23 @@ def loss_curve(metrics_path, png_path):
         draw.text((x0 + 2, pad - 4), f"{hi:.3g}", fill="black")
         draw.text((x0 + 2, h - pad - 8), f"{lo:.3g}", fill="black")
     img.save(png_path)
+    return ends
+
+
+def summary_row(rows):
+    """Mean and spread (max - min) of the trained runs' figures."""
+    keys = [k for k in COLUMNS if all(k in r for r in rows)]
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+    spread = {k: max(r[k] for r in rows) - min(r[k] for r in rows) for k in keys}
+    return mean, spread
+
+
+def print_table(table, header):
+    print(f"\n{header}")
+    print(f"  {'encoder':<16}" + "".join(f"{c:>10}" for c in COLUMNS))
+    for name, row in table.items():
+        print(f"  {name:<16}" + "".join(f"{row[c]:10.4f}" if c in row else f"{'':>10}"
+                                        for c in COLUMNS))
 
 
 def main(argv):
@@ -158,24 +184,37 @@ def main(argv):
         sys.exit(f"error: {SHARED} not found (the real clips and DAVIS dev data live there)")
     workdir = (ROOT / _WORKDIR.value).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    runs = {int(s): workdir / f"seed{int(s)}" for s in _SEEDS.value}
     if not _SKIP_TRAIN.value:
-        shards = prepare_real(workdir)
-        run([sys.executable, "-m", "tc_keras.train", "--flagfile=configs/cpu_small.flags",
-             f"--workdir={workdir}", f"--data={shards},synthetic", *_TRAIN_FLAGS.value])
-    random_bn = random_with_batchnorm_statistics(workdir, workdir / "real_shards")
-    table = {name: evaluate(workdir, name, enc) for name, enc in
-             (("identity", "identity"), ("random-init", "random"),
-              ("random+BN", str(random_bn)), ("trained", str(workdir)))}
-    (workdir / "learning.json").write_text(json.dumps(table, indent=2) + "\n")
-    if (workdir / "metrics.jsonl").exists():
-        loss_curve(workdir / "metrics.jsonl", workdir / "loss_curve.png")
-    print(f"\nDAVIS dev, unseen sequences {','.join(_EVAL_SEQS.value)} at size {_SIZE.value}; "
-          f"JHMDB catch clip (native size)")
-    print(f"  {'encoder':<12} {'J':>6} {'F':>6} {'J&F':>6} {'PCK@.1':>7} {'PCK@.2':>7}")
-    for name, r in table.items():
-        print(f"  {name:<12} {r['J']:6.3f} {r['F']:6.3f} {r['J&F']:6.3f} {r['PCK@0.1']:7.3f} "
-              f"{r['PCK@0.2']:7.3f}")
-    print(f"  loss curve: {workdir / 'loss_curve.png'}")
+        for seed, run_dir in runs.items():
+            run([sys.executable, "-m", "tc_keras.train", f"--flagfile={FLAGFILE}",
+                 f"--workdir={run_dir}", f"--seed={seed}", *_TRAIN_FLAGS.value])
+    table, curves = {}, {}
+    if _BASELINES.value:
+        random_bn = random_with_batchnorm_statistics(workdir / "random_bn", next(iter(runs.values())))
+        for name, encoder in (("identity", "identity"), ("random-init", "random"),
+                              ("random+BN", str(random_bn))):
+            table[name] = evaluate(workdir / "eval" / name, encoder)
+    for seed, run_dir in runs.items():
+        table[f"trained seed {seed}"] = {**evaluate(run_dir / "eval", str(run_dir)),
+                                         **probe(run_dir)}
+        if (run_dir / "metrics.jsonl").exists():
+            curves[seed] = loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
+    trained = [table[f"trained seed {s}"] for s in runs]
+    mean, spread = summary_row(trained)
+    if len(trained) > 1:
+        table["trained mean"] = mean
+        table["trained spread"] = spread
+    (workdir / "learning.json").write_text(json.dumps(
+        {"table": table, "loss_terms_first_last": curves, "train_flags": _TRAIN_FLAGS.value,
+         "seeds": sorted(runs)}, indent=2) + "\n")
+    print_table(table, f"DAVIS dev, unseen sequences {','.join(_EVAL_SEQS.value)} at size "
+                f"{_SIZE.value}; JHMDB catch clip (native size); tracker on real training clips "
+                "(l_theta: self, first, skip vs mean-theta; inlier score vs chance)")
+    for seed, ends in curves.items():
+        print(f"  seed {seed} loss terms, first -> last 5 logged points: " + ", ".join(
+            f"{t} {a:.4f} -> {b:.4f}" for t, (a, b) in ends.items()))
+        print(f"  loss curve: {runs[seed] / 'loss_curve.png'}")
 
 
 if __name__ == "__main__":

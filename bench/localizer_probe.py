@@ -1,9 +1,10 @@
 """What does the tracker of a (partly) trained TimeCycle do on real clips? Diagnostics for issue 6.
 
-    python bench/localizer_probe.py --workdir runs/cpu_small                # latest checkpoint
-    python bench/localizer_probe.py --workdir runs/cpu_small --checkpoint random
+    python bench/localizer_probe.py --workdir runs/cpu_small/seed0           # latest checkpoint
+    python bench/localizer_probe.py --workdir runs/cpu_small/seed0 --checkpoint random
 
-Reads clips of <workdir>/real_shards (or --shards) with the workdir's clip settings and prints:
+Reads clips of the run's real training videos (<workdir>/prepared/*, or --shards) with the
+workdir's clip settings and prints (and with --json writes):
 
 1. Localisation error l_theta of the model's own tracker against the patch's true theta: the
    patch found in its own frame (`self`), the first backward step (`first`, frame t-1, where the
@@ -16,6 +17,7 @@ Reads clips of <workdir>/real_shards (or --shards) with the workdir's clip setti
    cycle alone, with held-out l_theta: how hard the cycle signal is, with the features held fixed.
 """
 
+import json
 import pathlib
 import sys
 import time
@@ -24,12 +26,14 @@ import numpy as np
 from absl import app, flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/cpu_small", "Training run folder (config.json, ckpt/).")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/cpu_small/seed0", "Training run folder "
+                               "(config.json, ckpt/).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "", "Checkpoint name in <workdir>/ckpt (e.g. "
                                   "ckpt-500), 'random' for the initialisation, '' for the latest.")
-_SHARDS = flags.DEFINE_string("shards", "", "Shard folder of real clips (default <workdir>/real_shards).")
+_SHARDS = flags.DEFINE_string("shards", "", "Shard folder of real clips (default: the run's "
+                              "prepared real videos, <workdir>/prepared/*).")
+_JSON = flags.DEFINE_string("json", "", "Also write the figures to this JSON file.")
 _CLIPS = flags.DEFINE_integer("clips", 320, "Clips to read (the last 64 are held out).")
 _PROBE_STEPS = flags.DEFINE_integer("probe_steps", 500, "Steps of the fresh-tracker probes (0 = skip).")
 
@@ -53,10 +57,11 @@ def main(argv):
         config = load_run_config(workdir)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    shard_dir = pathlib.Path(_SHARDS.value) if _SHARDS.value else workdir / "real_shards"
-    shards = sorted(str(p) for p in shard_dir.glob("*.tfrecord"))
+    pattern = "*.tfrecord" if _SHARDS.value else "prepared/*/*.tfrecord"
+    shard_dir = pathlib.Path(_SHARDS.value) if _SHARDS.value else workdir
+    shards = sorted(str(p) for p in shard_dir.glob(pattern))
     if not shards:
-        sys.exit(f"error: no .tfrecord shards in {shard_dir}")
+        sys.exit(f"error: no .tfrecord shards in {shard_dir / pattern}")
     keras.utils.set_random_seed(0)  # initialisation ("random") and the clips' random placement
     if _CHECKPOINT.value == "random":
         model = build_model(config)
@@ -99,6 +104,10 @@ def main(argv):
           f"  | mean-theta {baseline:.3f}")
     print(f"  inlier   at theta {own['inlier_theta']:.4f}  at true theta {own['inlier_true']:.4f}"
           f"  | chance {chance:.4f}", flush=True)
+    if _JSON.value:
+        pathlib.Path(_JSON.value).write_text(json.dumps(dict(
+            checkpoint=name, clips=len(thetas), mean_theta=baseline, chance=chance, **own),
+            indent=1) + "\n")
     if _PROBE_STEPS.value:
         for task in ("self", "skip"):
             probe(task, feats, model, config.train.learning_rate, tl, Tracker, keras, tf)

@@ -42,6 +42,9 @@ def define_flags():
     f.DEFINE_integer("crop_size", 240, "Square training crop (px, multiple of 24). Default 240.")
     f.DEFINE_integer("resize_short", 256, "Short side before cropping (px). Default 256.")
     f.DEFINE_float("max_rotation_deg", 45.0, "Patch rotation range +- (degrees). Default 45.")
+    f.DEFINE_integer("rotation_ramp_steps", 0, "Grow the patch rotation range linearly from 0 to "
+                     "--max_rotation_deg over the first N steps (steps; 0 = the full range from "
+                     "the start, as in the paper). Default 0.")
     f.DEFINE_integer("shuffle_buffer", 512, "Clip shuffle buffer (clips). Default 512.")
     # Model and loss.
     f.DEFINE_enum("encoder", "resnet50", list(ENCODERS), "Encoder trunk. Default resnet50.")
@@ -53,6 +56,9 @@ def define_flags():
     f.DEFINE_float("self_weight", tlosses.SELF_WEIGHT, "Weight of the self-localisation term (the "
                    "patch localised in its own frame against its known theta); not in the paper. "
                    "Default 0.")
+    f.DEFINE_bool("sim_theta_grad", True, "The inlier similarity's gradient reaches theta and so "
+                  "the localizer, as in the reference code (PAPER.md, 'Gradient paths'); "
+                  "--nosim_theta_grad stops it (ablation; inlier only). Default true.")
     f.DEFINE_bool("sync_batchnorm", False, "BatchNorm statistics over all replicas. Default off.")
     f.DEFINE_bool("mixed_precision", False, "mixed_bfloat16 policy for the encoder (GPUs with "
                   "bf16, i.e. Ampere or newer); the tracker stays float32. Default off.")
@@ -98,6 +104,7 @@ class DataConfig:
     crop_size: int = 240
     resize_short: int = 256
     max_rotation_deg: float = 45.0
+    rotation_ramp_steps: int = 0
     shuffle_buffer: int = 512
     deterministic: bool = False
 
@@ -110,6 +117,8 @@ class DataConfig:
         _check(self.crop_size % 24 == 0 and self.crop_size >= 168,
                f"--crop_size must be a multiple of 24 and >= 168 (the localizer needs a 7x7-cell "
                f"patch), got {self.crop_size}")
+        _check(self.max_rotation_deg >= 0 and self.rotation_ramp_steps >= 0,
+               "--max_rotation_deg and --rotation_ramp_steps must be >= 0")
         _check(self.resize_short >= self.crop_size,
                f"--resize_short ({self.resize_short}) must be >= --crop_size ({self.crop_size})")
         _check(self.synthetic_videos >= 1 and self.synthetic_frames > self.target_offset,
@@ -124,6 +133,7 @@ class ModelConfig:
     skip_weight: float = tlosses.SKIP_WEIGHT
     sim_weight: float = tlosses.SIM_WEIGHT
     self_weight: float = tlosses.SELF_WEIGHT
+    sim_theta_grad: bool = True
     sync_batchnorm: bool = False
     mixed_precision: bool = False
 
@@ -134,6 +144,8 @@ class ModelConfig:
                f"--similarity must be one of {tlosses.SIMILARITIES}, got {self.similarity!r}")
         for name in ("long_weight", "skip_weight", "sim_weight", "self_weight"):
             _check(getattr(self, name) >= 0, f"--{name} must be >= 0")
+        _check(self.sim_theta_grad or self.similarity == "inlier",
+               "--nosim_theta_grad applies to --similarity=inlier only")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,5 +208,5 @@ def model_kwargs(config):
     return dict(depth=ENCODERS[m.encoder], num_past=d.num_past, crop_size=d.crop_size,
                 similarity=m.similarity, long_weight=m.long_weight, skip_weight=m.skip_weight,
                 sim_weight=m.sim_weight, self_weight=m.self_weight,
-                freeze_encoder=t.freeze_encoder_steps > 0,
+                sim_theta_grad=m.sim_theta_grad, freeze_encoder=t.freeze_encoder_steps > 0,
                 grad_clip_norm=t.grad_clip_norm or None, sync_batchnorm=m.sync_batchnorm)

@@ -2,12 +2,14 @@
 
 ResNet-50 or ResNet-18 from scratch, res5 removed, res4 with stride 1 (no dilation), so the total
 stride is 8; then a 1x1 convolution to 512 channels without bias, ReLU, and L2 normalisation over
-channels. A 240x240 frame gives 30x30x512 features, an 80x80 patch 10x10x512.
+channels. A 240x240 frame gives 30x30x512 features, an 80x80 patch 10x10x512. Every convolution
+is initialised as in the reference (Kaiming normal, fan_out; BatchNorm scale 1, offset 0).
 """
 
 import keras
 from keras import layers
 
+from tc_keras import initializers
 from tc_keras import ops as tops
 
 # Blocks per stage (res2, res3, res4) of the standard ResNets; res5 is removed.
@@ -22,7 +24,7 @@ BN_EPSILON = 1e-5
 
 def _conv(filters, kernel, stride=1, name=None):
     return layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
-                         kernel_initializer="he_normal", name=name)
+                         kernel_initializer=initializers.he_normal_fan_out(), name=name)
 
 
 def _bn(synchronized, name=None):
@@ -105,7 +107,8 @@ class ResNetEncoder(layers.Layer):
                                                   name=f"res{stage + 2}_{i}"))
                 in_ch = out_ch
         self.feature_channels = in_ch
-        self.projection = layers.Conv2D(out_channels, 1, use_bias=False, name="projection")
+        self.projection = layers.Conv2D(out_channels, 1, use_bias=False, name="projection",
+                                        kernel_initializer=initializers.he_normal_fan_out())
 
     def build(self, input_shape):
         # Builds every sub-layer by tracing one symbolic call (also used when loading).

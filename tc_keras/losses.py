@@ -18,6 +18,9 @@ SELF_WEIGHT = 0.0
 # l_theta warps a 20x20 grid over [-1, 1]^2 (PAPER.md).
 THETA_GRID_POINTS = 20
 SIMILARITIES = ("inlier", "inner_product")
+# The reference normalises the warped identity mask by sum(mask + 1e-5) over all of its
+# N * h * w entries, i.e. adds 1e-5 per entry to the denominator (PAPER.md, "L_sim").
+INLIER_EPSILON = 1e-5
 
 
 def theta_loss(theta_pred, theta_true, num_points=THETA_GRID_POINTS):
@@ -32,27 +35,33 @@ def theta_loss(theta_pred, theta_true, num_points=THETA_GRID_POINTS):
     return ops.mean(ops.sum(ops.square(diff), axis=-1), axis=-1)
 
 
-def inlier_score(affinity, theta, feature_size):
+def inlier_score(affinity, theta, feature_size, theta_grad=True):
     """Affinity mass that falls where theta says the query is (the reference's "inlier" term).
 
     The identity correspondence mask (N x H x W, one-hot per image position) warped by theta to the
     query grid puts, for query position j, the bilinear weights of theta's sample point j on the
     image grid. sum(mask * affinity) is therefore the affinity of j bilinearly sampled at its own
-    sample point, summed over j; the mask is normalised to sum 1 over what falls inside the image.
-    Theta is treated as a constant here (no gradient): this term shapes the features, the cycle
-    terms train the localizer.
+    sample point, summed over j; the mask is normalised to sum 1 over what falls inside the image
+    (plus the reference's 1e-5 per mask entry in the denominator).
+
+    As in the reference code, theta is not detached: the bilinear weights are differentiable in
+    theta, so this term (weight 1.0) teaches the localizer to point where the affinity mass is
+    (PAPER.md, "Gradient paths"). `theta_grad=False` stops that gradient (an ablation): the term
+    then shapes the features only.
 
     Args:
       affinity: (B, h, w, N) softmax over the N = H*W image positions.
       theta: (B, 2, 3).
       feature_size: (H, W) python ints of the image feature grid.
+      theta_grad: let the gradient reach theta (reference); False stops it.
     Returns:
       (B,) score in [0, 1].
     """
     height, width = feature_size
     shape = ops.shape(affinity)
     batch, qh, qw = shape[0], shape[1], shape[2]
-    theta = ops.stop_gradient(theta)
+    if not theta_grad:
+        theta = ops.stop_gradient(theta)
     # (B, h, w, N) -> (B, h*w, H, W) -> (B, H, W, h*w): one image-shaped map per query position.
     maps = ops.reshape(affinity, (batch, qh * qw, height, width))
     maps = ops.transpose(maps, (0, 2, 3, 1))
@@ -61,7 +70,8 @@ def inlier_score(affinity, theta, feature_size):
     eye = ops.reshape(ops.eye(qh * qw, dtype=sampled.dtype), (1, qh, qw, qh * qw))
     own = ops.sum(sampled * eye, axis=(1, 2, 3))  # (B,) each query position read at its point
     inside = tops.bilinear_sample(ops.ones((batch, height, width, 1), sampled.dtype), coords)
-    return own / ops.maximum(ops.sum(inside, axis=(1, 2, 3)), 1e-6)
+    epsilon = INLIER_EPSILON * height * width * ops.cast(qh * qw, sampled.dtype)
+    return own / (ops.sum(inside, axis=(1, 2, 3)) + epsilon)
 
 
 def inner_product_score(query, tracked):
@@ -75,7 +85,7 @@ def inner_product_score(query, tracked):
 
 def cycle_losses(outputs, theta_true, feature_size, similarity="inlier",
                  long_weight=LONG_WEIGHT, skip_weight=SKIP_WEIGHT, sim_weight=SIM_WEIGHT,
-                 self_weight=SELF_WEIGHT):
+                 self_weight=SELF_WEIGHT, sim_theta_grad=True):
     """All TimeCycle terms for one batch.
 
     Args:
@@ -87,12 +97,17 @@ def cycle_losses(outputs, theta_true, feature_size, similarity="inlier",
       similarity: "inlier" (reference code, default) or "inner_product" (paper).
       self_weight: weight of `self`, l_theta of the patch localised in its own (target) frame.
         Not a paper term (0 by default); always reported, as a measure of the localizer.
+      sim_theta_grad: the inlier term's gradient reaches theta, hence the localizer (reference
+        code); False stops it (ablation). Only "inlier" has the choice: the inner product reads
+        features sampled at theta, so its gradient always reaches theta.
     Returns:
       dict of scalars: `loss` (weighted total), `long`, `skip`, `sim`, `self`, and `long_i`,
       `skip_i`, `sim_i` for i = 1..k (i = how many frames back).
     """
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    if not sim_theta_grad and similarity != "inlier":
+        raise ValueError("sim_theta_grad=False applies to the inlier similarity only")
     k = outputs["theta_long"].shape[1]
     result = {}
     for name in ("long", "skip"):
@@ -105,7 +120,7 @@ def cycle_losses(outputs, theta_true, feature_size, similarity="inlier",
     for i in range(k):
         if similarity == "inlier":
             score = inlier_score(outputs["affinity_first"][:, i], outputs["theta_first"][:, i],
-                                 feature_size)
+                                 feature_size, theta_grad=sim_theta_grad)
         else:
             score = inner_product_score(outputs["query"], outputs["tracked_first"][:, i])
         sims.append(-ops.mean(score))

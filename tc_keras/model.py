@@ -34,6 +34,8 @@ class TimeCycle(keras.Model):
       long_weight, skip_weight, sim_weight: loss weights (reference defaults 0.02, 0.1, 1.0).
       self_weight: weight of the self-localisation term (the patch found in its own frame against
         its known theta); not in the paper, 0 by default (see losses.cycle_losses).
+      sim_theta_grad: the inlier term's gradient reaches theta and the localizer, as in the
+        reference code (default); False stops it (ablation; see losses.inlier_score).
       temperature: affinity temperature (512**-0.5).
       freeze_encoder: train only the tracker (a warm-up known to help from-scratch training). The
         encoder's weights stay fixed but its BatchNorm keeps normalising with batch statistics
@@ -55,12 +57,14 @@ class TimeCycle(keras.Model):
     def __init__(self, depth=50, num_past=4, crop_size=240, similarity="inlier",
                  long_weight=tlosses.LONG_WEIGHT, skip_weight=tlosses.SKIP_WEIGHT,
                  sim_weight=tlosses.SIM_WEIGHT, self_weight=tlosses.SELF_WEIGHT,
-                 temperature=AFFINITY_TEMPERATURE,
+                 sim_theta_grad=True, temperature=AFFINITY_TEMPERATURE,
                  freeze_encoder=False, grad_clip_norm=GRAD_CLIP_NORM, sync_batchnorm=False,
                  **kwargs):
         super().__init__(**kwargs)
         if similarity not in tlosses.SIMILARITIES:
             raise ValueError(f"similarity must be one of {tlosses.SIMILARITIES}, got {similarity!r}")
+        if not sim_theta_grad and similarity != "inlier":
+            raise ValueError("sim_theta_grad=False applies to the inlier similarity only")
         if crop_size % (3 * ENCODER_STRIDE):
             raise ValueError(f"crop_size must be a multiple of 24 (patch = crop/3 at stride 8), "
                              f"got {crop_size}")
@@ -74,6 +78,7 @@ class TimeCycle(keras.Model):
         self.skip_weight = skip_weight
         self.sim_weight = sim_weight
         self.self_weight = self_weight
+        self.sim_theta_grad = sim_theta_grad
         self.temperature = temperature
         self.freeze_encoder = freeze_encoder
         self.grad_clip_norm = grad_clip_norm
@@ -138,7 +143,8 @@ class TimeCycle(keras.Model):
     def cycle_losses(self, batch, outputs):
         return tlosses.cycle_losses(
             outputs, batch["theta"], (self.feature_size, self.feature_size), self.similarity,
-            self.long_weight, self.skip_weight, self.sim_weight, self.self_weight)
+            self.long_weight, self.skip_weight, self.sim_weight, self.self_weight,
+            self.sim_theta_grad)
 
     # ----------------------------------------------------------------------------- training
     def step_variables(self):
@@ -228,7 +234,7 @@ class TimeCycle(keras.Model):
         config.update(depth=self.depth, num_past=self.num_past, crop_size=self.crop_size,
                       similarity=self.similarity, long_weight=self.long_weight,
                       skip_weight=self.skip_weight, sim_weight=self.sim_weight,
-                      self_weight=self.self_weight,
+                      self_weight=self.self_weight, sim_theta_grad=self.sim_theta_grad,
                       temperature=self.temperature, freeze_encoder=self.freeze_encoder,
                       grad_clip_norm=self.grad_clip_norm, sync_batchnorm=self.sync_batchnorm)
         return config

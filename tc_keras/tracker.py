@@ -6,6 +6,7 @@ f = `Affinity`, g = `Localizer`, h = `SpatialSampler`; `Tracker` composes them.
 import keras
 from keras import layers
 
+from tc_keras import initializers
 from tc_keras import ops as tops
 
 # Affinity temperature T = 512**-0.5: logits are dot / T, i.e. dot * 22.6 (PAPER.md, "affinity f").
@@ -53,6 +54,9 @@ class Localizer(layers.Layer):
 
     conv N->128 k4 valid + LeakyReLU 0.1, conv 128->64 k4 valid + LeakyReLU 0.1, flatten,
     dense 3 = (tx, ty, angle), theta = [[s cos a, -s sin a, tx], [s sin a, s cos a, ty]].
+    Initialised as the reference: convolutions without bias, Kaiming normal fan_out; the dense
+    layer N(0, 0.01) with a zero bias, so an untrained localizer answers theta close to a centred,
+    unrotated patch.
 
     Args:
       filters: channels of the two convolutions (128, 64 in the paper).
@@ -71,10 +75,13 @@ class Localizer(layers.Layer):
         self.filters = tuple(filters)
         self.kernel_size = kernel_size
         self.scale = scale
-        self.convs = [layers.Conv2D(f, kernel_size, padding="valid", name=f"conv{i + 1}")
+        self.convs = [layers.Conv2D(f, kernel_size, padding="valid", use_bias=False,
+                                    kernel_initializer=initializers.he_normal_fan_out(),
+                                    name=f"conv{i + 1}")
                       for i, f in enumerate(self.filters)]
         self.flatten = layers.Flatten()
-        self.dense = layers.Dense(3, name="params")
+        self.dense = layers.Dense(3, kernel_initializer=initializers.dense_normal(),
+                                  bias_initializer="zeros", name="params")
 
     def build(self, input_shape):
         self.call(keras.KerasTensor(tuple(input_shape)))  # builds the sub-layers

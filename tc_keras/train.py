@@ -54,7 +54,12 @@ def task_dir(workdir, strategy):
 
 
 def resolve_data(config, workdir):
-    """Shard files for --data (comma-separated sources); `synthetic` builds that corpus first."""
+    """Shard files for --data (comma-separated sources).
+
+    `synthetic` generates and prepares that corpus first; a video list file (.txt, see
+    `prepare.find_videos`) or a folder of videos with no shards is prepared (12 fps, height 256)
+    into <workdir>/prepared/<name>; anything else names prepared shards.
+    """
     from tc_keras.data import prepare, synthetic
 
     d = config.data
@@ -67,8 +72,21 @@ def resolve_data(config, workdir):
                 pathlib.Path(workdir) / "data", num_videos=d.synthetic_videos,
                 frames=d.synthetic_frames, size=(d.synthetic_size, d.synthetic_size),
                 seed=config.train.seed)
+        elif _is_video_source(source):
+            out = pathlib.Path(workdir) / "prepared" / pathlib.Path(source).stem
+            logging.info("Preparing the videos of %s in %s", source, out)
+            prepare.prepare(source, out)
+            source = out
         shards += prepare.resolve_shards(source)
     return sorted(set(shards))
+
+
+def _is_video_source(source):
+    """A list file of videos (.txt) or a folder of videos that holds no prepared shards."""
+    path = pathlib.Path(source)
+    if path.is_file():
+        return path.suffix == ".txt"
+    return path.is_dir() and not any(path.glob("*.tfrecord"))
 
 
 def count_videos(shards):
@@ -97,12 +115,12 @@ def clip_kwargs(config):
                 max_rotation_deg=d.max_rotation_deg)
 
 
-def make_dataset(config, shards, strategy, seed):
+def make_dataset(config, shards, strategy, seed, rotation_scale=None):
     from tc_keras.data import pipeline
 
     d = config.data
     kwargs = dict(clip_kwargs(config), shuffle_buffer=d.shuffle_buffer, seed=seed,
-                  deterministic=d.deterministic)
+                  deterministic=d.deterministic, rotation_scale=rotation_scale)
     if strategy.num_replicas_in_sync > 1 or hasattr(strategy, "cluster_resolver"):
         return pipeline.distributed_clip_dataset(strategy, shards, config.train.batch_size, **kwargs)
     return pipeline.clip_dataset(shards, batch_size=config.train.batch_size, **kwargs)
@@ -114,7 +132,7 @@ def run(config):
     import tensorflow as tf
 
     from tc_keras.model import build_model
-    from tc_keras.train_callbacks import TrainingMonitor
+    from tc_keras.train_callbacks import RotationRamp, TrainingMonitor
 
     t = config.train
     keras.utils.set_random_seed(t.seed)
@@ -157,6 +175,12 @@ def run(config):
     monitor = TrainingMonitor(save, out_dir / "tb", log_every=t.log_every,
                               checkpoint_every=t.checkpoint_every, image_every=t.image_every,
                               vis_batch=_vis_batch(config, shards) if t.image_every else None)
+    callbacks = [monitor]
+    rotation_scale = None
+    if config.data.rotation_ramp_steps:
+        rotation_scale = tf.Variable(min(1.0, step / config.data.rotation_ramp_steps),
+                                     trainable=False, name="rotation_scale")
+        callbacks.insert(0, RotationRamp(rotation_scale, config.data.rotation_ramp_steps))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     finite = True
     try:
@@ -170,11 +194,12 @@ def run(config):
             model.set_encoder_frozen(frozen)
             logging.info("Steps %d..%d with the encoder %s", step, until,
                          "frozen (tracker only)" if frozen else "trained")
-            data = make_dataset(config, shards, strategy, seed=t.seed + step)
+            data = make_dataset(config, shards, strategy, seed=t.seed + step,
+                                rotation_scale=rotation_scale)
             monitor.stop_at = until
             per_epoch = min(t.checkpoint_every, until - step)
             model.fit(data, epochs=math.ceil((until - step) / per_epoch),
-                      steps_per_epoch=per_epoch, callbacks=[monitor], verbose=0)
+                      steps_per_epoch=per_epoch, callbacks=callbacks, verbose=0)
             step = int(model.optimizer.iterations.numpy())
     except FloatingPointError:
         finite = False

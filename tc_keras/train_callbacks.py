@@ -16,6 +16,21 @@ from tc_keras import visualize
 LOG_TERMS = ("loss", "long", "skip", "sim", "self", "grad_norm")
 
 
+class RotationRamp(keras.callbacks.Callback):
+    """Sets `scale` (a scalar tf.Variable the input pipeline reads per clip) to
+    min(1, step / ramp_steps) before each step: the patch rotation range grows linearly from 0.
+    Keyed on the optimizer's step counter, so a resumed run continues the ramp."""
+
+    def __init__(self, scale, ramp_steps):
+        super().__init__()
+        self.scale = scale
+        self.ramp_steps = ramp_steps
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        self.scale.assign(min(1.0, step / self.ramp_steps))
+
+
 class TrainingMonitor(keras.callbacks.Callback):
     """Per-step bookkeeping of a run, keyed on the optimizer's step counter (so it resumes).
 

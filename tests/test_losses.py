@@ -40,21 +40,24 @@ def test_inlier_score_matches_explicit_warped_identity_mask():
     expected = []
     for b in range(2):
         masks = np_bilinear(eye.transpose(1, 2, 0)[None], grid[b:b + 1])[0]  # (qh, qw, N)
-        masks = masks / masks.sum()
+        masks = masks / (masks + 1e-5).sum()  # the reference: sum(mask + eps) over all entries
         expected.append((masks * aff[b]).sum())
     got = np.asarray(tl.inlier_score(aff, theta, (hh, ww)))
     np.testing.assert_allclose(got, expected, rtol=1e-10)
 
 
 def test_inlier_score_is_one_when_affinity_sits_on_theta():
-    """An affinity that puts each query position on its own sample point scores 1."""
+    """An affinity that puts each query position on its own sample point scores 1 (up to the
+    reference's 1e-5 per mask entry in the normaliser: 9 / (9 + 1e-5 * 81 * 9))."""
     hh = ww = 9
     theta = np.array([[[1 / 3, 0, 0], [0, 1 / 3, 0]]])  # centre 3x3 cells exactly
     aff = np.zeros((1, 3, 3, 81))
     for i in range(3):
         for j in range(3):
             aff[0, i, j, (3 + i) * 9 + (3 + j)] = 1.0
-    np.testing.assert_allclose(np.asarray(tl.inlier_score(aff, theta, (hh, ww))), 1.0, atol=1e-12)
+    expected = 9 / (9 + 1e-5 * 81 * 9)
+    np.testing.assert_allclose(np.asarray(tl.inlier_score(aff, theta, (hh, ww))), expected,
+                               rtol=1e-6)
 
 
 def test_inner_product_score():
@@ -119,3 +122,39 @@ def test_unknown_similarity_is_a_clear_error():
     same = np.repeat(gt[:, None], 2, axis=1)
     with pytest.raises(ValueError, match="similarity"):
         tl.cycle_losses(_outputs(rng, 2, same, same), gt, (9, 9), similarity="cosine")
+
+
+def test_inlier_score_gradient_reaches_theta_unless_stopped():
+    """The reference does not detach theta in the inlier term (PAPER.md, "Gradient paths"): the
+    score's gradient in theta matches finite differences; `theta_grad=False` stops it."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(6)
+    hh = ww = 9
+    logits = rng.normal(size=(2, 3, 3, hh * ww)) * 3
+    aff = tf.constant(np.exp(logits) / np.exp(logits).sum(-1, keepdims=True))
+    theta = tf.Variable(random_thetas(rng, 2))
+    with tf.GradientTape(persistent=True) as tape:
+        score = tf.reduce_sum(tl.inlier_score(aff, theta, (hh, ww)))
+        stopped = tf.reduce_sum(tl.inlier_score(aff, theta, (hh, ww), theta_grad=False))
+    grad = tape.gradient(score, theta).numpy()
+    assert tape.gradient(stopped, theta) is None
+    numeric = np.zeros_like(grad)
+    eps = 1e-6
+    base = theta.numpy()
+    for index in np.ndindex(*base.shape):
+        for sign in (1, -1):
+            t = base.copy()
+            t[index] += sign * eps
+            numeric[index] += sign * float(tf.reduce_sum(tl.inlier_score(aff, t, (hh, ww)))) / (2 * eps)
+    assert np.abs(grad).max() > 1e-3
+    np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-7)
+
+
+def test_sim_theta_grad_stop_is_for_the_inlier_term_only():
+    rng = np.random.default_rng(7)
+    gt = random_thetas(rng, 1)
+    same = np.repeat(gt[:, None], 2, axis=1)
+    with pytest.raises(ValueError, match="inlier"):
+        tl.cycle_losses(_outputs(rng, 2, same, same), gt, (9, 9), similarity="inner_product",
+                        sim_theta_grad=False)

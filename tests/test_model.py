@@ -173,3 +173,21 @@ def test_training_checkpoint_restores_every_variable(tmp_path):
     for a, b in zip(saved.variables, restored.variables):
         assert a.path.split("/", 1)[1] == b.path.split("/", 1)[1]
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+
+
+@pytest.mark.parametrize("sim_theta_grad", [True, False])
+def test_similarity_term_alone_reaches_the_localizer_unless_stopped(sim_theta_grad):
+    """The inlier term sends gradient through theta into the localizer (reference code); the
+    ablation flag stops exactly that path."""
+    model = small_model(long_weight=0.0, skip_weight=0.0, sim_theta_grad=sim_theta_grad)
+    batch = make_batch(3)
+    variables = model.tracker.localizer.trainable_variables
+    with tf.GradientTape() as tape:
+        loss = model.cycle_losses(batch, model(batch, training=True))["loss"]
+    grads = tape.gradient(loss, variables)
+    norm = float(tf.linalg.global_norm([g for g in grads if g is not None])) if any(
+        g is not None for g in grads) else 0.0
+    if sim_theta_grad:
+        assert norm > 1e-4
+    else:
+        assert norm == 0.0

@@ -200,3 +200,20 @@ def test_distributed_per_replica_batches(shards):
 def test_missing_shards_error_names_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope")):
         pipeline.clip_dataset(tmp_path / "nope", batch_size=2)
+
+
+def _angles(batch):
+    linear = batch["theta"].numpy()[:, :, :2].astype(np.float64)
+    return np.arctan2(linear[:, 1, 0], linear[:, 0, 0])
+
+
+def test_rotation_scale_variable_is_read_per_clip(shards):
+    """A ramp: the pipeline reads the variable when it makes each clip."""
+    scale = tf.Variable(0.0)
+    ds = pipeline.clip_dataset(shards, batch_size=4, seed=2, rotation_scale=scale,
+                               deterministic=True, **SMALL)
+    np.testing.assert_allclose(_angles(next(iter(ds))), 0.0, atol=1e-6)
+    scale.assign(0.5)
+    angles = _angles(next(iter(ds)))
+    assert np.abs(angles).max() > 1e-3
+    assert np.all(np.abs(angles) <= math.radians(22.5) + 1e-6)

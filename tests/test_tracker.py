@@ -2,6 +2,7 @@
 
 import numpy as np
 import keras
+import pytest
 
 from tc_keras import ops as tops
 from tc_keras.tracker import AFFINITY_TEMPERATURE, Affinity, Localizer, SpatialSampler, Tracker
@@ -57,3 +58,22 @@ def test_tracker_composes_and_round_trips():
     clone(img, qry)
     clone.set_weights(tracker.get_weights())
     np.testing.assert_allclose(np.asarray(clone(img, qry)["theta"]), np.asarray(out["theta"]), atol=1e-5)
+
+
+def test_localizer_initialised_as_the_reference_and_parameter_count_pinned():
+    """Convolutions without bias, Kaiming normal fan_out; dense N(0, 0.01), zero bias (PAPER.md)."""
+    keras.utils.set_random_seed(0)
+    tracker = Tracker(patch_size=(10, 10))
+    tracker.build((None, 30, 30, 512), (None, 10, 10, 512))
+    loc = tracker.localizer
+    # conv 900->128 k4 (no bias) + conv 128->64 k4 (no bias) + dense 1024->3 with bias.
+    assert tracker.count_params() == 4 * 4 * 900 * 128 + 4 * 4 * 128 * 64 + 1024 * 3 + 3 == 1_977_347
+    for conv in loc.convs:
+        assert conv.bias is None
+        kernel = np.asarray(conv.kernel)
+        fan_out = kernel.shape[0] * kernel.shape[1] * kernel.shape[3]
+        assert kernel.std() == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.05)
+        # Untruncated: some weights lie beyond two standard deviations.
+        assert np.mean(np.abs(kernel) > 2 * kernel.std()) > 0.03
+    assert np.asarray(loc.dense.kernel).std() == pytest.approx(0.01, rel=0.1)
+    assert not np.asarray(loc.dense.bias).any()

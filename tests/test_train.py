@@ -170,3 +170,37 @@ def test_two_workers_train_together_and_agree(tmp_path):
     for a, c in zip(chief.get_weights(), init.get_weights()):
         moved |= a.shape == c.shape and not np.allclose(a, c)
     assert moved
+
+
+def test_data_list_of_videos_is_prepared_into_the_workdir(tmp_path):
+    """--data names raw videos (a .txt list): they are prepared into <workdir>/prepared/<name>."""
+    from tc_keras import train
+    from tc_keras.data import synthetic
+
+    synthetic.write_corpus(tmp_path / "corpus", 2, frames=20, size=(48, 48), fps=12, seed=4)
+    listing = tmp_path / "videos.txt"
+    listing.write_text("corpus/videos/vid_0000.mp4\ncorpus/videos/vid_0001.mp4\n")
+    config = tconfig.Config(tconfig.DataConfig(data=f"{listing}"), tconfig.ModelConfig(),
+                            tconfig.TrainConfig(workdir=str(tmp_path / "run")))
+    shards = train.resolve_data(config, tmp_path / "run")
+    assert shards and all("/run/prepared/videos/" in s for s in shards)
+    assert train.count_videos(shards) == 2
+    assert train.resolve_data(config, tmp_path / "run") == shards  # prepared once, then reused
+
+
+def test_rotation_ramp_callback_follows_the_step():
+    import tensorflow as tf
+
+    from tc_keras.train_callbacks import RotationRamp
+
+    class _Model:  # what the callback reads: the optimizer's step counter
+        class optimizer:
+            iterations = tf.Variable(0, dtype=tf.int64)
+
+    scale = tf.Variable(0.0)
+    ramp = RotationRamp(scale, ramp_steps=10)
+    ramp.set_model(_Model())
+    for step, expected in ((0, 0.0), (5, 0.5), (10, 1.0), (25, 1.0)):
+        _Model.optimizer.iterations.assign(step)
+        ramp.on_train_batch_begin(0)
+        assert float(scale.numpy()) == pytest.approx(expected)

@@ -108,7 +108,7 @@ def _motion_theta(target, moved, seeds, crop_size, max_rotation):
     cell = best[pick]
     centre = tf.cast(tf.stack([x0[cell], y0[cell]]), tf.float32) + window / 2.0  # (x, y) pixels
     centre += tf.random.stateless_uniform([2], seeds[6], -1.0, 1.0) * crop_size * JITTER_FRACTION
-    angle = tf.random.stateless_uniform([], seeds[7], -max_rotation, max_rotation)
+    angle = tf.random.stateless_uniform([], seeds[7], -1.0, 1.0) * max_rotation
     # Keep the rotated patch inside the frame: its half extent is s (|cos a| + |sin a|).
     extent = tc_ops.PATCH_SCALE * (tf.abs(tf.cos(angle)) + tf.abs(tf.sin(angle)))
     t = tf.clip_by_value(2.0 * centre / crop_size - 1.0, -1.0 + extent, 1.0 - extent)
@@ -177,7 +177,7 @@ def video_records(files, *, shuffle=True, seed=None, deterministic=False, repeat
 
 def clip_dataset(shards, *, batch_size, num_past=4, frame_gap=2, target_offset=15,
                  crop_size=240, resize_short=256, patch_size=None, max_rotation_deg=45.0,
-                 shuffle_buffer=512, seed=None, deterministic=False, repeat=True,
+                 rotation_scale=None, shuffle_buffer=512, seed=None, deterministic=False, repeat=True,
                  input_context=None):
     """Batches of training clips (see the module docstring for the element structure).
 
@@ -191,6 +191,8 @@ def clip_dataset(shards, *, batch_size, num_past=4, frame_gap=2, target_offset=1
       resize_short: the short side is resized to this before cropping (paper: 256).
       patch_size: patch side P; default round(crop_size / 3) (80 for 240).
       max_rotation_deg: patch rotation is uniform in +-this (paper: 45).
+      rotation_scale: optional scalar float32 tf.Variable in [0, 1], read for every clip: the
+        rotation range is then +-rotation_scale * max_rotation_deg (a ramp; see tc_keras.train).
       shuffle_buffer: clips in the shuffle buffer (each holds k + 2 JPEGs, not decoded frames).
       seed: base seed; None = random.
       deterministic: same batches on every iteration (needs a seed); keeps element order in the
@@ -222,7 +224,13 @@ def clip_dataset(shards, *, batch_size, num_past=4, frame_gap=2, target_offset=1
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=not deterministic)
     max_rotation = math.radians(max_rotation_deg)
-    ds = ds.map(lambda j, s: _make_clip(j, s, num_past, crop_size, resize_short, max_rotation),
+
+    def rotation():  # read when each clip is made: `rotation_scale` may change (a ramp)
+        scale = 1.0 if rotation_scale is None else tf.cast(rotation_scale, tf.float32)
+        return max_rotation * scale
+
+    ds = ds.map(lambda j, s: _make_clip(j, s, num_past, crop_size, resize_short,
+                                        rotation()),
                 **parallel)
     ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.map(lambda b: _add_patch(b, patch_size), **parallel)
