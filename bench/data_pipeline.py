@@ -110,11 +110,12 @@ def main(argv):
     figures["prepare corpus, s"] = time.perf_counter() - start
     figures["pipeline clips/s"] = pipeline_clips_per_second(
         workdir / "shards", batch_size=_BATCH.value, crop_size=_CROP.value, batches=_BATCHES.value)
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-    from train_step import time_train_step
-
-    step = time_train_step(_DEPTH.value, batch_size=_BATCH.value, crop_size=_CROP.value,
-                           num_past=4, steps=_STEPS.value)
+    step_json = workdir / "train_step.json"
+    subprocess.run([sys.executable, str(pathlib.Path(__file__).with_name("train_step.py")),
+                    f"--encoders=resnet{_DEPTH.value}", f"--batch_size={_BATCH.value}",
+                    f"--crop_size={_CROP.value}", "--num_past=4", f"--steps={_STEPS.value}",
+                    f"--json={step_json}"], check=True)
+    step = json.loads(step_json.read_text())[f"resnet{_DEPTH.value}"]
     figures[f"train step clips/s (ResNet-{_DEPTH.value}, same settings)"] = 1.0 / step["seconds_per_clip"]
     figures["pipeline / train step (>= 2: training never waits for data)"] = (
         figures["pipeline clips/s"] * step["seconds_per_clip"])

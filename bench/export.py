@@ -34,8 +34,11 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tc_keras import encoder_io  # noqa: E402
 from tc_keras import export as export_lib  # noqa: E402
 from tc_keras import propagate as prop  # noqa: E402
+from tc_keras import runtimes as runtime_lib  # noqa: E402
+from tc_keras.encoder import FEATURE_STRIDE  # noqa: E402
 from tc_keras.label_step import local_tiles, radius_mask, vote, vote_local  # noqa: E402
 
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed embed calls per runtime (median reported).")
@@ -68,18 +71,18 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     config = prop.PRESETS["default"]
-    encoder = prop.load_encoder_model("random", int(_DEPTH.value), seed=0)
+    encoder = encoder_io.load_encoder_model("random", int(_DEPTH.value), seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         written = export_lib.export(encoder, pathlib.Path(tmp) / "tc",
                                     quantize=export_lib.QUANTIZATIONS)
         print(f"export (SavedModel + 3 .tflite): {time.perf_counter() - start:.1f} s")
         runtimes = {
-            "keras": (prop.make_embed(encoder), vote, vote_local),
-            "saved_model": export_lib.SavedModelRuntime(written["saved_model"]),
-            "tflite fp32": export_lib.TFLiteRuntime(written["tflite"], _THREADS.value),
-            "tflite fp16": export_lib.TFLiteRuntime(written["tflite_fp16"], _THREADS.value),
-            "tflite int8": export_lib.TFLiteRuntime(written["tflite_int8"], _THREADS.value),
+            "keras": (encoder_io.make_embed(encoder), vote, vote_local),
+            "saved_model": runtime_lib.SavedModelRuntime(written["saved_model"]),
+            "tflite fp32": runtime_lib.TFLiteRuntime(written["tflite"], _THREADS.value),
+            "tflite fp16": runtime_lib.TFLiteRuntime(written["tflite_fp16"], _THREADS.value),
+            "tflite int8": runtime_lib.TFLiteRuntime(written["tflite_int8"], _THREADS.value),
         }
         sizes = {"keras": None, "saved_model": _size(written["saved_model"]),
                  "tflite fp32": _size(written["tflite"]),
@@ -87,7 +90,7 @@ def main(argv):
                  "tflite int8": _size(written["tflite_int8"])}
 
         frame = np.random.default_rng(0).integers(0, 256, (1, HEIGHT, WIDTH, 3), np.uint8)
-        h, w = HEIGHT // prop.FEATURE_STRIDE, WIDTH // prop.FEATURE_STRIDE
+        h, w = HEIGHT // FEATURE_STRIDE, WIDTH // FEATURE_STRIDE
         n, m = h * w, 1 + config.context
         chunk = max(1, prop.MAX_LOGITS // (m * n))
         num_chunks = -(-n // chunk)

@@ -46,11 +46,10 @@ def main(argv):
     import tensorflow as tf
 
     from tc_keras import losses as tl
+    from tc_keras import config as tconfig
     from tc_keras.checkpoints import load_run_config, restore_training_model
     from tc_keras.data import pipeline
-    from tc_keras.model import build_model
     from tc_keras.tracker import Tracker
-    from tc_keras.train import clip_kwargs
 
     workdir = (ROOT / _WORKDIR.value).resolve()
     try:
@@ -64,7 +63,7 @@ def main(argv):
         sys.exit(f"error: no .tfrecord shards in {shard_dir / pattern}")
     keras.utils.set_random_seed(0)  # initialisation ("random") and the clips' random placement
     if _CHECKPOINT.value == "random":
-        model = build_model(config)
+        model = tconfig.build_model(config)
         model.build_from_crop()
         name = "random-init"
     else:
@@ -74,7 +73,7 @@ def main(argv):
             sys.exit(f"error: {e}")
         name = pathlib.Path(path).name
     data = pipeline.clip_dataset(shards, batch_size=8, shuffle_buffer=64, seed=3,
-                                 deterministic=True, **clip_kwargs(config))
+                                 deterministic=True, **tconfig.clip_kwargs(config))
     cells = model.feature_size
     chance = 1.0 / cells ** 2
     own = {k: [] for k in ("self", "first", "skip", "inlier_theta", "inlier_true")}

@@ -26,6 +26,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tc_keras import encoder_io  # noqa: E402
 from tc_keras import propagate as prop  # noqa: E402
 
 _PRESET = flags.DEFINE_enum("preset", "default", sorted(prop.PRESETS), "Protocol to time.")
@@ -78,7 +79,7 @@ class TimedEmbed:
 
 
 def bench_speed(depth, config):
-    embed = TimedEmbed(prop.load_encoder("random", depth))
+    embed = TimedEmbed(encoder_io.load_encoder("random", depth))
     stream = prop.propagate_mask(frames(_SPEED_FRAMES.value + 2), first_mask(), embed, config)
     next(stream)  # frame 0: embedding only
     next(stream)  # frame 1: warm-up of the label step
@@ -95,7 +96,7 @@ def bench_speed(depth, config):
 
 def bench_memory(config):
     config = dataclasses.replace(config, size=_MEMORY_SIZE.value, square=False)
-    embed = prop.load_encoder("random", 18)
+    embed = encoder_io.load_encoder("random", 18)
     marks = {}
     for t, _ in enumerate(prop.propagate_mask(frames(_LONG_FRAMES.value), first_mask(), embed,
                                               config), start=1):

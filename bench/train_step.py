@@ -10,19 +10,20 @@ FLOP/s = FLOPs / seconds. In the same process, a large float32 matmul gives the 
 practical peak FLOP/s; the ratio of the two is printed. Figures only; no asserts.
 """
 
+import json
 import os
+import pathlib
 import time
 
 from absl import app, flags
 
-def define_flags():
-    """Flags of this script's main (not defined on import, so other benches can import it)."""
-    flags.DEFINE_list("encoders", ["resnet18", "resnet50"], "Encoders to time.")
-    flags.DEFINE_integer("batch_size", 4, "Clips per step.")
-    flags.DEFINE_integer("crop_size", 240, "Crop size (px).")
-    flags.DEFINE_integer("num_past", 4, "Past frames per clip.")
-    flags.DEFINE_integer("steps", 5, "Timed steps (after 2 warm-up steps).")
-    flags.DEFINE_integer("matmul_size", 4096, "Side of the square matmul for peak FLOP/s.")
+flags.DEFINE_list("encoders", ["resnet18", "resnet50"], "Encoders to time.")
+flags.DEFINE_integer("batch_size", 4, "Clips per step.")
+flags.DEFINE_integer("crop_size", 240, "Crop size (px).")
+flags.DEFINE_integer("num_past", 4, "Past frames per clip.")
+flags.DEFINE_integer("steps", 5, "Timed steps (after 2 warm-up steps).")
+flags.DEFINE_integer("matmul_size", 4096, "Side of the square matmul for peak FLOP/s.")
+flags.DEFINE_string("json", "", "Also write the figures to this JSON file.")
 
 
 def random_batch(batch_size, crop_size, num_past, seed=0):
@@ -31,7 +32,7 @@ def random_batch(batch_size, crop_size, num_past, seed=0):
     from tc_keras import ops as tops
 
     rng = np.random.default_rng(seed)
-    p = crop_size // 3
+    p = tops.patch_size(crop_size)
     target = rng.normal(size=(batch_size, crop_size, crop_size, 3)).astype(np.float32)
     theta = np.tile(np.array([[1 / 3, 0, 0.1], [0, 1 / 3, -0.1]], np.float32), (batch_size, 1, 1))
     return {"past": rng.normal(size=(batch_size, num_past, crop_size, crop_size, 3)).astype(np.float32),
@@ -42,13 +43,13 @@ def random_batch(batch_size, crop_size, num_past, seed=0):
 def step_flops(model, batch):
     """Float operations of one traced train step, counted by the TF profiler."""
     import tensorflow as tf
-    from tensorflow.python.profiler import model_analyzer, option_builder
 
     spec = {k: tf.TensorSpec(v.shape, tf.float32) for k, v in batch.items()}
     graph = tf.function(model.train_step).get_concrete_function(spec).graph
-    opts = option_builder.ProfileOptionBuilder.float_operation()
+    profiler = tf.compat.v1.profiler
+    opts = profiler.ProfileOptionBuilder.float_operation()
     opts["output"] = "none"
-    return model_analyzer.profile(graph, options=opts).total_float_ops
+    return profiler.profile(graph, options=opts).total_float_ops
 
 
 def time_train_step(depth, batch_size=4, crop_size=240, num_past=4, steps=5):
@@ -102,14 +103,17 @@ def main(argv):
     print(f"  float32 {f.matmul_size}^2 matmul: {peak / 1e9:8.1f} GFLOP/s (practical peak)")
     print(f"  {'encoder':<10} {'s/step':>8} {'s/clip':>8} {'GFLOP/step':>11} "
           f"{'GFLOP/s':>8} {'of peak':>8}")
+    results = {}
     for name in f.encoders:
         r = time_train_step(int(name.replace("resnet", "")), f.batch_size, f.crop_size,
                             f.num_past, f.steps)
         achieved = r["flops_per_step"] / r["seconds_per_step"]
+        results[name] = dict(r, achieved_flops_per_second=achieved, of_peak=achieved / peak)
         print(f"  {name:<10} {r['seconds_per_step']:8.2f} {r['seconds_per_clip']:8.2f} "
               f"{r['flops_per_step'] / 1e9:11.1f} {achieved / 1e9:8.1f} {achieved / peak:8.2f}")
+    if f.json:
+        pathlib.Path(f.json).write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":
-    define_flags()
     app.run(main)

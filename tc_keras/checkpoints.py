@@ -1,32 +1,19 @@
-"""Encoders on disk: the file a training run writes and the one loader every tool uses.
+"""Training state on disk: a run's checkpoints and its resolved config.
 
-A training workdir holds `encoder.keras` (a `keras.Sequential([Input, ResNetEncoder])` mapping
-ImageNet-normalised frames to features), written by `save_encoder`. `load_encoder_model` turns a
-command-line spec (identity, random, a workdir, a .keras or .weights.h5 file) into that model;
-`load_encoder` / `make_embed` wrap it as `embed(frames_uint8)` for propagation.
-
-The training state (`<workdir>/ckpt/`) is a `tf.train.Checkpoint` made by `training_checkpoint`;
-`restore_training_model` rebuilds the whole TimeCycle (encoder and tracker) from it.
+A training workdir holds `config.json` (the resolved `tc_keras.config.Config`) and `ckpt/`, a
+`tf.train.Checkpoint` made by `training_checkpoint`; `restore_training_model` rebuilds the whole
+TimeCycle (encoder and tracker) from them. The encoder alone (`encoder.keras`) is
+`tc_keras.encoder_io`'s.
 """
 
 import json
-import os
 import pathlib
 
-import keras
+import tensorflow as tf
 
-from tc_keras import ops as tops
+from tc_keras import config as tconfig
 
-ENCODER_FILE = "encoder.keras"
 CONFIG_FILE = "config.json"
-
-
-def save_encoder(encoder, path):
-    """Writes `encoder` (a ResNetEncoder layer) alone as a .keras model, atomically."""
-    wrapper = keras.Sequential([keras.Input((None, None, 3)), encoder])
-    tmp = pathlib.Path(str(path) + ".partial.keras")
-    wrapper.save(tmp)
-    os.replace(tmp, path)
 
 
 def training_checkpoint(model, **extra):
@@ -37,8 +24,6 @@ def training_checkpoint(model, **extra):
     through the optimizer and their BatchNorm moving statistics not at all. Every variable of the
     model is therefore also tracked by its Keras path.
     """
-    import tensorflow as tf  # noqa: PLC0415
-
     # Keras paths start with the model's own name, which is unique per process (time_cycle_1, ...).
     by_path = {v.path.split("/", 1)[-1].replace("/", "."): v for v in model.variables}
     return tf.train.Checkpoint(model=model, optimizer=model.optimizer,
@@ -51,8 +36,6 @@ def load_run_config(workdir):
     Raises:
       ValueError naming the workdir when it has no config.json.
     """
-    from tc_keras import config as tconfig  # noqa: PLC0415
-
     path = pathlib.Path(workdir) / CONFIG_FILE
     if not path.is_file():
         raise ValueError(f"{workdir}: not a training workdir (no {CONFIG_FILE})")
@@ -68,91 +51,14 @@ def restore_training_model(workdir, checkpoint=""):
     Raises:
       ValueError naming the workdir or checkpoint when there is none.
     """
-    import tensorflow as tf  # noqa: PLC0415
-
-    from tc_keras.model import build_model  # noqa: PLC0415
-
     workdir = pathlib.Path(workdir)
     config = load_run_config(workdir)
     path = (str(workdir / "ckpt" / checkpoint) if checkpoint
             else tf.train.latest_checkpoint(str(workdir / "ckpt")))
     if not path or not pathlib.Path(path + ".index").is_file():
         raise ValueError(f"{workdir}: no checkpoint {checkpoint or ''} in {workdir / 'ckpt'}")
-    model = build_model(config)
+    model = tconfig.build_model(config)
     model.build_from_crop()
     model.compile()  # builds the optimizer: older checkpoints hold the weights only through it
     training_checkpoint(model).restore(path).expect_partial()
     return model, path
-
-
-def make_embed(encoder):
-    """embed(frames_uint8 (B, H, W, 3)) -> (B, H/8, W/8, C) from an encoder on normalised frames."""
-    def embed(frames):
-        return encoder(tops.normalize_frames(frames), training=False)
-    return embed
-
-
-ENCODER_CHOICES = "identity, random, or a path to a .weights.h5 / .keras file or a folder of them"
-
-
-def load_encoder(spec, depth=18, seed=0):
-    """An `embed` callable for propagation from a command-line encoder spec.
-
-    See `load_encoder_model` for `spec`, `depth` and `seed`.
-    Returns:
-      None ("identity") or embed(frames_uint8 (B, H, W, 3)) -> (B, H/8, W/8, C).
-    """
-    encoder = load_encoder_model(spec, depth, seed)
-    return None if encoder is None else make_embed(encoder)
-
-
-def load_encoder_model(spec, depth=18, seed=0):
-    """The encoder model named by a command-line spec (the one checkpoint loader of the project).
-
-    Args:
-      spec: "identity" -> None (the copy-the-first-frame baseline of PAPER.md's results table);
-        "random" -> a freshly initialised `ResNetEncoder(depth)` seeded with `seed`; a path to a
-        `.weights.h5` file (weights of `keras.Sequential([ResNetEncoder(depth)])` or of a
-        functional model wrapping only the encoder), a `.keras` file (a saved model or encoder
-        mapping normalised frames to features), or a folder holding one (a training workdir's
-        `encoder.keras` if present, else the newest).
-      depth: 18 or 50, for "random" and `.weights.h5`.
-      seed: initialisation seed for "random".
-    Returns:
-      None ("identity") or a keras model mapping ImageNet-normalised float frames (B, H, W, 3)
-      to L2-normalised features (B, H/8, W/8, C).
-    Raises:
-      ValueError naming `spec` when it cannot be loaded.
-    """
-    from tc_keras.encoder import ResNetEncoder  # noqa: PLC0415 (keeps identity runs light)
-
-    if spec == "identity":
-        return None
-    if spec == "random":
-        keras.utils.set_random_seed(seed)
-        encoder = keras.Sequential([keras.Input((None, None, 3)), ResNetEncoder(depth=depth)])
-        return encoder
-    path = pathlib.Path(spec)
-    if path.is_dir() and (path / "encoder.keras").is_file():
-        path = path / "encoder.keras"  # a training workdir
-    if path.is_dir():
-        found = sorted([*path.glob("*.keras"), *path.glob("*.weights.h5")],
-                       key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise ValueError(f"--encoder {spec}: folder has no .keras or .weights.h5 file")
-        path = found[-1]
-    if not path.is_file():
-        raise ValueError(f"--encoder {spec}: not 'identity', 'random' or an existing file/folder "
-                         f"(expected {ENCODER_CHOICES})")
-    try:
-        if path.name.endswith(".weights.h5"):
-            encoder = ResNetEncoder(depth=depth)
-            model = keras.Sequential([keras.Input((None, None, 3)), encoder])
-            model.load_weights(str(path))
-        elif path.suffix == ".keras":
-            encoder = keras.saving.load_model(str(path), compile=False)
-        else:
-            raise ValueError(f"unknown file type (expected {ENCODER_CHOICES})")
-    except (ValueError, OSError, KeyError, TypeError) as e:
-        raise ValueError(f"--encoder {path}: cannot load ({str(e).splitlines()[0]})") from None
-    return model if path.name.endswith(".weights.h5") else encoder

@@ -6,6 +6,8 @@ channels. A 240x240 frame gives 30x30x512 features, an 80x80 patch 10x10x512. Ev
 is initialised as in the reference (Kaiming normal, fan_out; BatchNorm scale 1, offset 0).
 """
 
+import math
+
 import keras
 from keras import layers
 
@@ -18,6 +20,8 @@ _STAGES = {18: (2, 2, 2), 50: (3, 4, 6)}
 _WIDTHS = (64, 128, 256)
 # Stride of each stage after the stem: res4 keeps stride 1 (PAPER.md) -> total stride 8.
 _STAGE_STRIDES = (1, 2, 1)
+# Total stride of the features: the stem's convolution (2) and max pool (2), then the stages.
+FEATURE_STRIDE = 2 * 2 * math.prod(_STAGE_STRIDES)
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
@@ -76,7 +80,8 @@ class ResNetEncoder(layers.Layer):
         (TensorFlow backend) instead of each replica's own share of the batch.
 
     Call arguments:
-      frames: (B, H, W, 3) ImageNet-normalised float frames, H and W multiples of 8.
+      frames: (B, H, W, 3) ImageNet-normalised float frames, H and W multiples of 8
+        (`FEATURE_STRIDE`).
       training: BatchNorm mode.
 
     Returns:
@@ -127,8 +132,8 @@ class ResNetEncoder(layers.Layer):
         return x
 
     def compute_output_shape(self, input_shape):
-        def down(n):
-            return None if n is None else -(-n // 8)
+        def down(n):  # "same" padding: ceil(n / stride)
+            return None if n is None else -(-n // FEATURE_STRIDE)
         return (input_shape[0], down(input_shape[1]), down(input_shape[2]), self.out_channels)
 
     def get_config(self):

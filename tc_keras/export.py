@@ -1,4 +1,4 @@
-"""SavedModel / TFLite graphs of the encoder and the label step, and runtimes that run them.
+"""SavedModel / TFLite graphs of the encoder and the label step (tc_keras.runtimes runs them).
 
 Layout written by `export` (TF Serving's: a model folder holding integer version folders):
 
@@ -32,8 +32,8 @@ Signatures (every input required; SavedModel signatures cannot give inputs defau
     position order).
 - `propagate_local_per_frame`: the same with per-frame top-k.
 
-Exports written before `propagate_local*` existed still load; their runtimes have
-`local_step = None` and `Propagator` then runs `propagate` with the dense radius mask.
+Exports written before `propagate_local*` existed still load (tc_keras.runtimes): their runtimes
+have `local_step = None` and `Propagator` then runs `propagate` with the dense radius mask.
 
 Min-max normalisation (paper protocol) needs the whole frame and stays a post-step in `Propagator`.
 
@@ -45,14 +45,13 @@ import contextlib
 import io
 import pathlib
 import re
-import shutil
 
 import keras
-import numpy as np
 import tensorflow as tf
 
+from tc_keras import atomic
 from tc_keras import ops as tops
-from tc_keras import propagate as prop
+from tc_keras.encoder import FEATURE_STRIDE
 from tc_keras.label_step import vote, vote_local
 
 LOCAL_SIGNATURES = ("propagate_local", "propagate_local_per_frame")
@@ -98,7 +97,7 @@ def build_archive(encoder):
     """
     archive = keras.export.ExportArchive()
     archive.track(encoder)  # keeps the variables tracked (a bare tf.Module would not)
-    stride = prop.FEATURE_STRIDE
+    stride = FEATURE_STRIDE
 
     def embed(frames):
         shape = tf.shape(frames)
@@ -161,13 +160,8 @@ def export_saved_model(encoder, model_dir, version=None, overwrite=False):
     target = model_dir / str(version)
     if target.exists() and not overwrite:
         raise ValueError(f"{target}: already exists (pick another version, or overwrite: --overwrite)")
-    model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = model_dir / f".{version}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    build_archive(encoder).write_out(str(tmp), verbose=False)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+    with atomic.Staged(target, directory=True) as tmp:
+        build_archive(encoder).write_out(str(tmp), verbose=False)
     return target
 
 
@@ -221,159 +215,6 @@ def export(encoder, model_dir, version=None, quantize=(), tflite=True, overwrite
     if tflite:
         for q in (None, *quantize):
             path = tflite_path(model_dir, q)
-            path.write_bytes(convert_tflite(written["saved_model"], q))
+            atomic.write_bytes(path, convert_tflite(written["saved_model"], q))
             written["tflite" if q is None else f"tflite_{q}"] = path
     return written
-
-
-# ----------------------------------------------------------------------------------------------
-# Runtimes: embed + label step through an exported graph, for `Propagator(embed, step=...)`
-# ----------------------------------------------------------------------------------------------
-
-def find_saved_model(path):
-    """A SavedModel folder, or the newest integer version inside a TF Serving model folder."""
-    path = pathlib.Path(path)
-    if (path / "saved_model.pb").is_file():
-        return path
-    versions = sorted((int(p.name), p) for p in path.glob("*")
-                      if p.name.isdigit() and (p / "saved_model.pb").is_file())
-    return versions[-1][1] if versions else None
-
-
-def is_export(spec):
-    """True if `spec` names a .tflite file or an exported SavedModel (model or version folder)."""
-    path = pathlib.Path(str(spec))
-    if path.suffix == ".tflite":
-        return True
-    return path.is_dir() and find_saved_model(path) is not None
-
-
-def _check_frames(frames):
-    frames = np.asarray(frames)
-    s = prop.FEATURE_STRIDE
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"embed: frames must be uint8 (B, H, W, 3), got {frames.dtype} "
-                         f"{frames.shape}")
-    if frames.shape[1] % s or frames.shape[2] % s:
-        raise ValueError(f"embed: frames height and width must be multiples of {s}, got "
-                         f"{frames.shape[1]}x{frames.shape[2]}")
-    return frames
-
-
-def _local_step_inputs(long_feats, long_labels, short_feats, short_labels, queries, key_index,
-                       allowed, topk, temperature):
-    floats = dict(long_feats=long_feats, long_labels=long_labels, short_feats=short_feats,
-                  short_labels=short_labels, queries=queries)
-    return dict({k: np.asarray(v, np.float32) for k, v in floats.items()},
-                key_index=np.asarray(key_index, np.int32), allowed=np.asarray(allowed, bool),
-                topk=np.asarray(topk, np.int32), temperature=np.asarray(temperature, np.float32))
-
-
-def _step_inputs(context_feats, context_labels, queries, allowed, short_term, topk, temperature):
-    feats = np.asarray(context_feats, np.float32)
-    queries = np.asarray(queries, np.float32)
-    m, n = feats.shape[:2]
-    if allowed is None:
-        allowed = np.ones((queries.shape[0], n), bool)  # no radius: every key allowed
-    if short_term is None:
-        short_term = np.ones((m,), bool)
-    return dict(context_feats=feats, context_labels=np.asarray(context_labels, np.float32),
-                queries=queries, allowed=np.asarray(allowed, bool),
-                short_term=np.asarray(short_term, bool), topk=np.asarray(topk, np.int32),
-                temperature=np.asarray(temperature, np.float32))
-
-
-class SavedModelRuntime:
-    """Runs an exported SavedModel's signatures (TF2 loader).
-
-    Args:
-      path: a SavedModel folder or a TF Serving model folder (newest version used).
-    Attributes:
-      embed(frames uint8 (B, H, W, 3)) -> (B, H/8, W/8, C) numpy.
-      step: `vote`'s interface through the `propagate` / `propagate_per_frame` signature.
-      local_step: `vote_local`'s interface through `propagate_local` /
-        `propagate_local_per_frame`; None for an export without them.
-    """
-
-    def __init__(self, path):
-        found = find_saved_model(path)
-        if found is None:
-            raise ValueError(f"{path}: no saved_model.pb (nor integer version folders with one)")
-        self.path = found
-        self._loaded = tf.saved_model.load(str(found))
-        missing = [s for s in REQUIRED_SIGNATURES if s not in self._loaded.signatures]
-        if missing:
-            raise ValueError(f"{found}: SavedModel lacks signatures {missing} (not a tc_keras "
-                             "export?)")
-        if not all(s in self._loaded.signatures for s in LOCAL_SIGNATURES):
-            self.local_step = None
-
-    def embed(self, frames):
-        frames = _check_frames(frames)
-        out = self._loaded.signatures["embed"](frames=tf.constant(frames))
-        return out["features"].numpy()
-
-    def step(self, context_feats, context_labels, queries, allowed=None, short_term=None, *,
-             topk, temperature, joint_topk=True):
-        fn = self._loaded.signatures["propagate" if joint_topk else "propagate_per_frame"]
-        inputs = _step_inputs(context_feats, context_labels, queries, allowed, short_term, topk,
-                              temperature)
-        return fn(**{k: tf.constant(v) for k, v in inputs.items()})["labels"].numpy()
-
-    def local_step(self, long_feats, long_labels, short_feats, short_labels, queries, key_index,
-                   allowed, *, topk, temperature, joint_topk=True):
-        fn = self._loaded.signatures[LOCAL_SIGNATURES[0 if joint_topk else 1]]
-        inputs = _local_step_inputs(long_feats, long_labels, short_feats, short_labels, queries,
-                                    key_index, allowed, topk, temperature)
-        return fn(**{k: tf.constant(v) for k, v in inputs.items()})["labels"].numpy()
-
-
-class TFLiteRuntime:
-    """Runs an exported .tflite's signatures with ai-edge-litert (inputs resized per call).
-
-    The `embed` graph in TFLite does not check that H and W are multiples of 8 (the converter
-    drops asserts); `embed` here checks it in Python.
-    """
-
-    def __init__(self, path, num_threads=None):
-        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415 (optional dependency)
-
-        path = pathlib.Path(path)
-        if not path.is_file():
-            raise ValueError(f"{path}: no such .tflite file")
-        self.path = path
-        try:
-            self._interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-        except ValueError as e:
-            raise ValueError(f"{path}: cannot load ({str(e).splitlines()[0]})") from None
-        available = self._interpreter.get_signature_list()
-        missing = [s for s in REQUIRED_SIGNATURES if s not in available]
-        if missing:
-            raise ValueError(f"{path}: lacks signatures {missing} (not a tc_keras export?)")
-        self._runners = {s: self._interpreter.get_signature_runner(s) for s in SIGNATURES
-                         if s in available}
-        if not all(s in available for s in LOCAL_SIGNATURES):
-            self.local_step = None
-
-    def embed(self, frames):
-        return self._runners["embed"](frames=_check_frames(frames))["features"]
-
-    def step(self, context_feats, context_labels, queries, allowed=None, short_term=None, *,
-             topk, temperature, joint_topk=True):
-        runner = self._runners["propagate" if joint_topk else "propagate_per_frame"]
-        return runner(**_step_inputs(context_feats, context_labels, queries, allowed,
-                                     short_term, topk, temperature))["labels"]
-
-    def local_step(self, long_feats, long_labels, short_feats, short_labels, queries, key_index,
-                   allowed, *, topk, temperature, joint_topk=True):
-        runner = self._runners[LOCAL_SIGNATURES[0 if joint_topk else 1]]
-        return runner(**_local_step_inputs(long_feats, long_labels, short_feats, short_labels,
-                                           queries, key_index, allowed, topk,
-                                           temperature))["labels"]
-
-
-def load_runtime(spec, num_threads=None):
-    """`SavedModelRuntime` or `TFLiteRuntime` for an exported model path (see `is_export`)."""
-    if pathlib.Path(str(spec)).suffix == ".tflite":
-        return TFLiteRuntime(spec, num_threads)
-    return SavedModelRuntime(spec)

@@ -1,4 +1,4 @@
-"""Reading and writing labels for propagation and evaluation: mask PNGs, keypoint JSON, overlays.
+"""Reading and writing labels for propagation and evaluation: mask PNGs, keypoint JSON.
 
 Masks are PNG files:
 - indexed (palette, PIL mode "P"): pixel values are object ids (0 = background); the palette is
@@ -29,6 +29,29 @@ from PIL import Image
 VOID_ID = 255
 
 
+def _davis_palette(num_colors=256):
+    """The DAVIS annotations' colour palette (id 0 black), a flat tuple of 768 ints for PIL.
+
+    Colour of id i: the bits of i, three at a time, spread over r, g, b from the high bit down.
+    """
+    out = []
+    for i in range(num_colors):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        out += [r, g, b]
+    return tuple(out)
+
+
+# The one palette of the project: masks it writes from scratch (synthetic videos) and the colours
+# of objects and joints in overlays when a mask has none of its own.
+DAVIS_PALETTE = _davis_palette()
+
+
 class LabelError(ValueError):
     """A label file (mask PNG, keypoints JSON, results) that cannot be used; names the file."""
 
@@ -40,6 +63,10 @@ class MaskFormat:
 
     palette: Optional[tuple] = None
     binary255: bool = False
+
+
+# An indexed PNG with the DAVIS palette.
+DAVIS_MASK = MaskFormat(palette=DAVIS_PALETTE)
 
 
 def read_mask(path):
@@ -126,41 +153,3 @@ def keypoints_json(joints, meta):
     rows = [[[None if not math.isfinite(v) else round(float(v), 3) for v in xy] for xy in frame]
             for frame in np.asarray(joints)]
     return json.dumps({**meta, "joints": rows})
-
-
-# ----------------------------------------------------------------------------------- overlays
-
-# Colours for object ids when the mask has no palette (id 0 = background is never drawn).
-_DEFAULT_COLOURS = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25],
-                             [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240]],
-                            np.uint8)
-
-
-def colours(fmt, count=256):
-    """(count, 3) uint8 colour per id: the mask's palette, or a fixed table."""
-    if fmt.palette and len(fmt.palette) >= 6:
-        pal = np.zeros((count, 3), np.uint8)
-        given = np.asarray(fmt.palette, np.uint8).reshape(-1, 3)[:count]
-        pal[:len(given)] = given
-        return pal
-    return _DEFAULT_COLOURS[np.arange(count) % len(_DEFAULT_COLOURS)]
-
-
-def overlay_mask(frame, ids, fmt, alpha=0.5):
-    """uint8 (H, W, 3) frame with the objects of (H, W) `ids` blended in their colours."""
-    colour = colours(fmt)[ids].astype(np.float32)
-    blend = np.where((ids > 0)[..., None], (1 - alpha) * frame + alpha * colour, frame)
-    return np.clip(blend, 0, 255).astype(np.uint8)
-
-
-def overlay_keypoints(frame, joints, radius=3):
-    """uint8 (H, W, 3) frame with each (J, 2) joint drawn as a coloured disc."""
-    out = frame.copy()
-    h, w = out.shape[:2]
-    yy, xx = np.ogrid[:h, :w]
-    for j, (x, y) in enumerate(np.asarray(joints)):
-        if not (math.isfinite(x) and math.isfinite(y)):
-            continue
-        disc = (xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2
-        out[disc] = _DEFAULT_COLOURS[1 + j % (len(_DEFAULT_COLOURS) - 1)]
-    return out

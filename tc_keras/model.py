@@ -11,15 +11,34 @@ import keras
 import tensorflow as tf
 
 from tc_keras import losses as tlosses
-from tc_keras.encoder import ResNetEncoder
-from tc_keras.tracker import AFFINITY_TEMPERATURE, Tracker
+from tc_keras import ops as tops
+from tc_keras.encoder import FEATURE_STRIDE, ResNetEncoder
+from tc_keras.tracker import AFFINITY_TEMPERATURE, LOCALIZER_FILTERS, LOCALIZER_KERNEL, Tracker
 
 # Optimiser defaults (PAPER.md, "Training data and schedule").
 LEARNING_RATE = 2e-4
 BETA_1 = 0.5
 BETA_2 = 0.999
 GRAD_CLIP_NORM = 10.0
-ENCODER_STRIDE = 8
+# The localizer's valid convolutions each take kernel - 1 cells off the patch grid: the patch
+# needs at least 1 + 2 * 3 = 7 cells a side (a 168 px crop).
+MIN_PATCH_CELLS = 1 + len(LOCALIZER_FILTERS) * (LOCALIZER_KERNEL - 1)
+
+
+def patch_cells(crop_size):
+    """Side of the patch's feature grid for a crop: crop / 3 / 8 (10 for 240)."""
+    return tops.patch_size(crop_size) // FEATURE_STRIDE
+
+
+def check_crop_size(crop_size):
+    """Raises ValueError unless the patch of a `crop_size` crop is a whole number of feature
+    cells, at least `MIN_PATCH_CELLS` a side (the crop rule of the model and of --crop_size)."""
+    step = round(1 / tops.PATCH_SCALE) * FEATURE_STRIDE
+    if crop_size % step or patch_cells(crop_size) < MIN_PATCH_CELLS:
+        raise ValueError(f"crop_size must be a multiple of {step} (the patch is crop/3 at stride "
+                         f"{FEATURE_STRIDE}) and at least {step * MIN_PATCH_CELLS} (the "
+                         f"localizer needs a {MIN_PATCH_CELLS}x{MIN_PATCH_CELLS}-cell patch), "
+                         f"got {crop_size}")
 
 
 @keras.saving.register_keras_serializable(package="tc_keras")
@@ -54,7 +73,8 @@ class TimeCycle(keras.Model):
       means i + 1 frames back. p = P / 8, N = (H / 8)**2.
     """
 
-    def __init__(self, depth=50, num_past=4, crop_size=240, similarity="inlier",
+    def __init__(self, depth=50, num_past=tops.NUM_PAST, crop_size=tops.CROP_SIZE,
+                 similarity="inlier",
                  long_weight=tlosses.LONG_WEIGHT, skip_weight=tlosses.SKIP_WEIGHT,
                  sim_weight=tlosses.SIM_WEIGHT, self_weight=tlosses.SELF_WEIGHT,
                  sim_theta_grad=True, temperature=AFFINITY_TEMPERATURE,
@@ -65,9 +85,7 @@ class TimeCycle(keras.Model):
             raise ValueError(f"similarity must be one of {tlosses.SIMILARITIES}, got {similarity!r}")
         if not sim_theta_grad and similarity != "inlier":
             raise ValueError("sim_theta_grad=False applies to the inlier similarity only")
-        if crop_size % (3 * ENCODER_STRIDE):
-            raise ValueError(f"crop_size must be a multiple of 24 (patch = crop/3 at stride 8), "
-                             f"got {crop_size}")
+        check_crop_size(crop_size)
         if num_past < 1:
             raise ValueError(f"num_past must be >= 1, got {num_past}")
         self.depth = depth
@@ -83,8 +101,8 @@ class TimeCycle(keras.Model):
         self.freeze_encoder = freeze_encoder
         self.grad_clip_norm = grad_clip_norm
         self.sync_batchnorm = sync_batchnorm
-        self.feature_size = crop_size // ENCODER_STRIDE
-        self.patch_cells = crop_size // 3 // ENCODER_STRIDE
+        self.feature_size = crop_size // FEATURE_STRIDE
+        self.patch_cells = patch_cells(crop_size)
         self.encoder = ResNetEncoder(depth=depth, sync_batchnorm=sync_batchnorm, name="encoder")
         # The tracker's coordinates need float32 even under a mixed-precision policy.
         self.tracker = Tracker(patch_size=(self.patch_cells, self.patch_cells),
@@ -92,7 +110,7 @@ class TimeCycle(keras.Model):
         names = ["loss", "long", "skip", "sim", "self", "grad_norm"]
         for i in range(1, num_past + 1):
             names += [f"long_{i}", f"skip_{i}", f"sim_{i}"]
-        self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
+        self._loss_metrics = {n: keras.metrics.Mean(name=n) for n in names}
 
     # ----------------------------------------------------------------------------- forward
     def call(self, inputs, training=None):
@@ -140,7 +158,8 @@ class TimeCycle(keras.Model):
             "query": query,
         }
 
-    def cycle_losses(self, batch, outputs):
+    def compute_losses(self, batch, outputs):
+        """`losses.cycle_losses` of a batch and this model's outputs, with its weights."""
         return tlosses.cycle_losses(
             outputs, batch["theta"], (self.feature_size, self.feature_size), self.similarity,
             self.long_weight, self.skip_weight, self.sim_weight, self.self_weight,
@@ -170,7 +189,7 @@ class TimeCycle(keras.Model):
 
     def build_from_crop(self):
         """Builds all weights with a symbolic batch of the configured size."""
-        s, p = self.crop_size, self.crop_size // 3
+        s, p = self.crop_size, tops.patch_size(self.crop_size)
         self({"past": keras.KerasTensor((None, self.num_past, s, s, 3)),
               "target": keras.KerasTensor((None, s, s, 3)),
               "patch": keras.KerasTensor((None, p, p, 3))})
@@ -181,21 +200,22 @@ class TimeCycle(keras.Model):
         self.train_function = None
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras' fit builds a model symbolically from a batch it first reduces across replicas;
-        # MultiWorkerMirroredStrategy cannot reduce a dict of per-replica batches. A TimeCycle
-        # built by `build_from_crop()` and compiled (optimizer built) needs no symbolic build.
+        # A private Keras method, overridden because no public hook exists: under a strategy,
+        # Keras' fit always builds the model symbolically from a batch it first reduces across
+        # replicas, and MultiWorkerMirroredStrategy cannot reduce a dict of per-replica batches.
+        # A TimeCycle built by `build_from_crop()` and compiled (optimizer built) needs no build.
         if self.built and self.optimizer is not None and self.optimizer.built:
             return
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     @property
     def metrics(self):
-        return list(self._trackers.values())
+        return list(self._loss_metrics.values())
 
-    def _update_trackers(self, values):
+    def _update_metrics(self, values):
         for name, value in values.items():
-            self._trackers[name].update_state(value)
-        results = {name: t.result() for name, t in self._trackers.items()}
+            self._loss_metrics[name].update_state(value)
+        results = {name: t.result() for name, t in self._loss_metrics.items()}
         if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
             # Keras reduces step outputs across workers with reduce(MEAN, axis=0), which needs
             # an axis: give each scalar one of length 1.
@@ -208,7 +228,7 @@ class TimeCycle(keras.Model):
         variables = self.step_variables()
         with tf.GradientTape() as tape:
             outputs = self(data, training=True)
-            losses = self.cycle_losses(data, outputs)
+            losses = self.compute_losses(data, outputs)
             # Each replica sees 1/replicas of the global batch; gradients are summed across them.
             scaled = losses["loss"] / replicas
         grads = tape.gradient(scaled, variables)
@@ -223,11 +243,11 @@ class TimeCycle(keras.Model):
             # The optimizer all-reduces (sums) once more; hand it each replica's share.
             grads = [g / replicas for g in grads]
         self.optimizer.apply(grads, variables)
-        return self._update_trackers({**losses, "grad_norm": norm})
+        return self._update_metrics({**losses, "grad_norm": norm})
 
     def test_step(self, data):
         outputs = self(data, training=False)
-        return self._update_trackers(self.cycle_losses(data, outputs))
+        return self._update_metrics(self.compute_losses(data, outputs))
 
     def get_config(self):
         config = super().get_config()
@@ -239,9 +259,3 @@ class TimeCycle(keras.Model):
                       grad_clip_norm=self.grad_clip_norm, sync_batchnorm=self.sync_batchnorm)
         return config
 
-
-def build_model(config):
-    """TimeCycle from a tc_keras.config.Config (the one config -> kwargs mapping lives there)."""
-    from tc_keras.config import model_kwargs  # config imports this module's constants
-
-    return TimeCycle(**model_kwargs(config))

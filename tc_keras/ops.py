@@ -22,6 +22,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # The patch is 1/3 of the frame on each side (PAPER.md, "patch" and "localizer g").
 PATCH_SCALE = 1.0 / 3.0
+# The training clip: k past frames and one square crop for the whole clip (PAPER.md, "Model");
+# the data pipeline and the model share them.
+NUM_PAST = 4
+CROP_SIZE = 240
+
+
+def patch_size(frame_size):
+    """Side in pixels (or cells) of the patch cut from a `frame_size` frame: 80 for 240."""
+    return int(round(frame_size * PATCH_SCALE))
 
 
 def normalize_frames(frames):

@@ -2,7 +2,7 @@
 
 Three layers, so that each can be reused or exported on its own:
 
-- `tc_keras.label_step` (`vote`, `propagate_step`, re-exported here): the pure label step. Given
+- `tc_keras.label_step` (`vote`, `propagate_step`): the pure label step. Given
   the features and (soft) labels of M context frames and the features of a query frame, each
   query position takes the top-k most similar context positions and averages their labels.
   `keras.ops` only, batched, fixed-rank, no data-dependent Python control flow, so it can be
@@ -27,13 +27,9 @@ from typing import Optional
 import numpy as np
 from keras import ops
 
-from tc_keras.checkpoints import (ENCODER_CHOICES, load_encoder,  # noqa: F401 (re-exported)
-                                  load_encoder_model, make_embed)
-from tc_keras.label_step import (MASKED_LOGIT, LocalTiles, local_tiles,  # noqa: F401
-                                 minmax_normalize, propagate_step, radius_mask, vote, vote_local)
+from tc_keras.encoder import FEATURE_STRIDE
+from tc_keras.label_step import local_tiles, minmax_normalize, radius_mask, vote, vote_local
 
-# Total stride of the encoder (PAPER.md, "encoder phi").
-FEATURE_STRIDE = 8
 # Keypoint heatmaps: Gaussian sigma in feature cells, and the number of top locations whose
 # weighted mean gives the keypoint back (PAPER.md, "Inference: label propagation").
 KEYPOINT_SIGMA = 0.5

@@ -11,7 +11,10 @@ from tc_keras import ops as tops
 
 # Affinity temperature T = 512**-0.5: logits are dot / T, i.e. dot * 22.6 (PAPER.md, "affinity f").
 AFFINITY_TEMPERATURE = 512 ** -0.5
-# LeakyReLU slope of the localizer (PAPER.md, "localizer g").
+# The localizer (PAPER.md, "localizer g"): two valid convolutions of kernel 4 with 128 and 64
+# filters, LeakyReLU slope 0.1.
+LOCALIZER_FILTERS = (128, 64)
+LOCALIZER_KERNEL = 4
 LEAKY_SLOPE = 0.1
 
 
@@ -70,7 +73,8 @@ class Localizer(layers.Layer):
       (B, 2, 3) theta.
     """
 
-    def __init__(self, filters=(128, 64), kernel_size=4, scale=tops.PATCH_SCALE, **kwargs):
+    def __init__(self, filters=LOCALIZER_FILTERS, kernel_size=LOCALIZER_KERNEL,
+                 scale=tops.PATCH_SCALE, **kwargs):
         super().__init__(**kwargs)
         self.filters = tuple(filters)
         self.kernel_size = kernel_size
@@ -154,7 +158,8 @@ class Tracker(layers.Layer):
     """
 
     def __init__(self, patch_size=(10, 10), temperature=AFFINITY_TEMPERATURE,
-                 filters=(128, 64), kernel_size=4, scale=tops.PATCH_SCALE, **kwargs):
+                 filters=LOCALIZER_FILTERS, kernel_size=LOCALIZER_KERNEL, scale=tops.PATCH_SCALE,
+                 **kwargs):
         super().__init__(**kwargs)
         self.patch_size = tuple(patch_size)
         self.temperature = temperature

@@ -11,21 +11,23 @@ import math
 import os
 import pathlib
 import signal
-import sys
 
-from absl import app, flags, logging
+from tc_keras import cli  # first: quiets TensorFlow's start-up
 
-from tc_keras import config as tconfig
-from tc_keras.checkpoints import CONFIG_FILE, ENCODER_FILE, save_encoder, training_checkpoint
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
-# The model, TensorFlow and the data modules are imported after flag parsing, in `run`, so that
-# `--help` is fast and flag errors come before TensorFlow's start-up noise.
+from tc_keras import atomic  # noqa: E402
+from tc_keras import config as tconfig  # noqa: E402
+from tc_keras.checkpoints import CONFIG_FILE, training_checkpoint  # noqa: E402
+from tc_keras.data import pipeline, prepare, synthetic  # noqa: E402
+from tc_keras.encoder_io import ENCODER_FILE, save_encoder  # noqa: E402
+from tc_keras.monitor import RotationRamp, TrainingMonitor  # noqa: E402
 
 
 def make_strategy(name):
     """tf.distribute strategy for --strategy (see its help)."""
-    import tensorflow as tf
-
     workers = len(json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {}).get("worker", []))
     if name == "auto":
         if workers > 1:
@@ -60,8 +62,6 @@ def resolve_data(config, workdir):
     `prepare.find_videos`) or a folder of videos with no shards is prepared (12 fps, height 256)
     into <workdir>/prepared/<name>; anything else names prepared shards.
     """
-    from tc_keras.data import prepare, synthetic
-
     d = config.data
     shards = []
     for source in [s.strip() for s in d.data.split(",") if s.strip()]:
@@ -96,7 +96,6 @@ def count_videos(shards):
         names = {pathlib.Path(s).name for s in shards}
         rows = [json.loads(line) for m in manifests for line in m.read_text().splitlines() if line]
         return sum(1 for r in rows if pathlib.Path(str(r.get("shard", ""))).name in names) or len(rows)
-    import tensorflow as tf
     return int(tf.data.TFRecordDataset(shards).reduce(0, lambda n, _: n + 1))
 
 
@@ -107,19 +106,10 @@ def total_steps(config, num_videos):
     return max(1, t.epochs * math.ceil(num_videos / t.batch_size))
 
 
-def clip_kwargs(config):
-    """`clip_dataset` keyword arguments from the data config (shared by training and pictures)."""
-    d = config.data
-    return dict(num_past=d.num_past, frame_gap=d.frame_gap, target_offset=d.target_offset,
-                crop_size=d.crop_size, resize_short=d.resize_short,
-                max_rotation_deg=d.max_rotation_deg)
-
-
 def make_dataset(config, shards, strategy, seed, rotation_scale=None):
-    from tc_keras.data import pipeline
 
     d = config.data
-    kwargs = dict(clip_kwargs(config), shuffle_buffer=d.shuffle_buffer, seed=seed,
+    kwargs = dict(tconfig.clip_kwargs(config), shuffle_buffer=d.shuffle_buffer, seed=seed,
                   deterministic=d.deterministic, rotation_scale=rotation_scale)
     if strategy.num_replicas_in_sync > 1 or hasattr(strategy, "cluster_resolver"):
         return pipeline.distributed_clip_dataset(strategy, shards, config.train.batch_size, **kwargs)
@@ -128,12 +118,6 @@ def make_dataset(config, shards, strategy, seed, rotation_scale=None):
 
 def run(config):
     """Trains according to `config` (a tconfig.Config); returns the final step."""
-    import keras
-    import tensorflow as tf
-
-    from tc_keras.model import build_model
-    from tc_keras.train_callbacks import RotationRamp, TrainingMonitor
-
     t = config.train
     keras.utils.set_random_seed(t.seed)
     if config.model.mixed_precision:
@@ -141,7 +125,7 @@ def run(config):
     strategy = make_strategy(t.strategy)
     out_dir = task_dir(t.workdir, strategy)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / CONFIG_FILE).write_text(config.to_json() + "\n")
+    atomic.write_text(out_dir / CONFIG_FILE, config.to_json() + "\n")
 
     # Each task of a multi-worker run generates its own (identical, seeded) synthetic corpus.
     shards = resolve_data(config, out_dir)
@@ -151,7 +135,7 @@ def run(config):
                  num_videos, steps, t.batch_size, strategy.num_replicas_in_sync)
 
     with strategy.scope():
-        model = build_model(config)
+        model = tconfig.build_model(config)
         model.build_from_crop()
         model.compile(optimizer=keras.optimizers.Adam(t.learning_rate, beta_1=t.beta_1,
                                                       beta_2=t.beta_2))
@@ -215,11 +199,9 @@ def run(config):
 
 def _vis_batch(config, shards):
     """A fixed batch of up to 4 clips to draw tracked patches on."""
-    from tc_keras.data import pipeline
-
     ds = pipeline.clip_dataset(shards, batch_size=min(4, config.train.batch_size),
                                shuffle_buffer=8, seed=1234, deterministic=True,
-                               **clip_kwargs(config))
+                               **tconfig.clip_kwargs(config))
     return next(iter(ds))
 
 
@@ -238,9 +220,9 @@ def main(argv):
         run(config)
     except FloatingPointError as e:
         logging.error("%s", e)
-        sys.exit(f"error: {e}")
+        cli.fail(e)
     except FileNotFoundError as e:
-        sys.exit(f"error: {e}")
+        cli.fail(e)
 
 
 if __name__ == "__main__":

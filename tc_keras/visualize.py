@@ -1,7 +1,13 @@
-"""Pictures of what the tracker does: patch boxes (thetas) drawn on clip frames. NumPy only."""
+"""Pictures: patch boxes (thetas) drawn on clip frames, masks and keypoints blended over frames.
+
+NumPy only.
+"""
+
+import math
 
 import numpy as np
 
+from tc_keras import label_io
 from tc_keras import ops as tops
 
 GREEN = (0, 255, 0)
@@ -53,3 +59,38 @@ def clip_strip(past, target, theta_true, theta_past, theta_back):
     tgt = draw_theta(denormalize(target), theta_true, GREEN)
     tiles.append(draw_theta(tgt, theta_back, RED))
     return np.concatenate(tiles, axis=1)
+
+
+# ----------------------------------------------------------------------------------- overlays
+
+def colours(fmt, count=256):
+    """(count, 3) uint8 colour per id: the mask's own palette, else the DAVIS palette."""
+    palette = fmt.palette if fmt.palette and len(fmt.palette) >= 6 else label_io.DAVIS_PALETTE
+    pal = np.zeros((count, 3), np.uint8)
+    given = np.asarray(palette, np.uint8).reshape(-1, 3)[:count]  # (768,) -> (256, 3)
+    pal[:len(given)] = given
+    return pal
+
+
+def overlay_mask(frame, ids, fmt, alpha=0.5):
+    """uint8 (H, W, 3) frame with the objects of (H, W) `ids` blended in their colours."""
+    colour = colours(fmt)[ids].astype(np.float32)
+    blend = np.where((ids > 0)[..., None], (1 - alpha) * frame + alpha * colour, frame)
+    return np.clip(blend, 0, 255).astype(np.uint8)
+
+
+# Joint j is drawn in the DAVIS colour of id j + 1 (id 0, black, is background).
+_JOINT_COLOURS = np.asarray(label_io.DAVIS_PALETTE, np.uint8).reshape(-1, 3)[1:]  # (255, 3)
+
+
+def overlay_keypoints(frame, joints, radius=3):
+    """uint8 (H, W, 3) frame with each (J, 2) joint drawn as a coloured disc."""
+    out = frame.copy()
+    h, w = out.shape[:2]
+    yy, xx = np.ogrid[:h, :w]
+    for j, (x, y) in enumerate(np.asarray(joints)):
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        disc = (xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2
+        out[disc] = _JOINT_COLOURS[j % len(_JOINT_COLOURS)]
+    return out

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tc_keras import encoder_io
 from tc_keras import export
-from tc_keras import propagate as prop
+from tc_keras import runtimes as runtime_lib
 from tc_keras.label_step import local_tiles, radius_mask, vote, vote_local
 
 # Float32 features: Keras vs SavedModel vs TFLite differ by kernel summation order only
@@ -20,19 +21,19 @@ MIN_COSINE = {"fp16": 0.999, "int8": 0.99}
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A seeded random ResNet-18 exported once: (written paths, Keras embed)."""
-    encoder = prop.load_encoder_model("random", depth=18, seed=0)
+    encoder = encoder_io.load_encoder_model("random", depth=18, seed=0)
     root = tmp_path_factory.mktemp("export")
     written = export.export(encoder, root / "tc", quantize=export.QUANTIZATIONS)
-    return written, prop.make_embed(encoder)
+    return written, encoder_io.make_embed(encoder)
 
 
 @pytest.fixture(scope="module")
 def runtimes(exported):
     written, _ = exported
-    return {"saved_model": export.SavedModelRuntime(written["saved_model"].parent),
-            "tflite": export.TFLiteRuntime(written["tflite"]),
-            "fp16": export.TFLiteRuntime(written["tflite_fp16"]),
-            "int8": export.TFLiteRuntime(written["tflite_int8"])}
+    return {"saved_model": runtime_lib.SavedModelRuntime(written["saved_model"].parent),
+            "tflite": runtime_lib.TFLiteRuntime(written["tflite"]),
+            "fp16": runtime_lib.TFLiteRuntime(written["tflite_fp16"]),
+            "int8": runtime_lib.TFLiteRuntime(written["tflite_int8"])}
 
 
 def _frames(batch=2, height=64, width=96, seed=0):
@@ -140,7 +141,7 @@ def test_export_without_local_signatures_still_loads(tmp_path):
                            input_signature=[tf.TensorSpec((None,), tf.float32, name="x")])
     tf.saved_model.save(module, str(tmp_path / "old"),
                         signatures={s: module.f for s in export.REQUIRED_SIGNATURES})
-    runtime = export.SavedModelRuntime(tmp_path / "old")
+    runtime = runtime_lib.SavedModelRuntime(tmp_path / "old")
     assert runtime.local_step is None
 
 
@@ -191,15 +192,15 @@ def test_wrong_inputs_give_clear_errors(exported, runtimes):
 def test_is_export_and_load_runtime(exported, tmp_path):
     written, _ = exported
     version_dir = written["saved_model"]
-    assert export.is_export(version_dir) and export.is_export(version_dir.parent)
-    assert export.is_export(written["tflite"])
-    assert not export.is_export(tmp_path)
-    assert export.find_saved_model(version_dir.parent) == version_dir
+    assert runtime_lib.is_export(version_dir) and runtime_lib.is_export(version_dir.parent)
+    assert runtime_lib.is_export(written["tflite"])
+    assert not runtime_lib.is_export(tmp_path)
+    assert runtime_lib.find_saved_model(version_dir.parent) == version_dir
     with pytest.raises(ValueError, match="no such .tflite"):
-        export.load_runtime(tmp_path / "missing.tflite")
+        runtime_lib.load_runtime(tmp_path / "missing.tflite")
     (tmp_path / "junk.tflite").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="junk.tflite"):
-        export.load_runtime(tmp_path / "junk.tflite")
+        runtime_lib.load_runtime(tmp_path / "junk.tflite")
 
 
 def _saved_model_cli(*args):

@@ -5,7 +5,7 @@ import pytest
 
 from tc_keras import losses as tl
 from tc_keras import ops as tops
-from tests.test_ops import np_bilinear, np_theta, random_thetas
+from tests.test_ops import np_bilinear, random_thetas
 
 
 def np_theta_loss(a, b, p=20):

@@ -1,9 +1,7 @@
 """tc_keras.ops against float64 NumPy references and invariants."""
 
 import numpy as np
-import pytest
 import tensorflow as tf
-import keras
 
 from tc_keras import ops as tops
 

@@ -1,5 +1,6 @@
-"""tc_keras.propagate: the label step against a float64 NumPy reference, and exact propagation of
-masks and keypoints through a generated video with features that make nearest neighbours exact."""
+"""tc_keras.propagate: exact propagation of masks and keypoints through a generated video with
+features that make nearest neighbours exact, the streaming buffers and the presets (the label step
+itself: tests/test_label_step.py)."""
 
 import dataclasses
 
@@ -9,146 +10,10 @@ import pytest
 
 from tc_keras import metrics
 from tc_keras import propagate as P
+from tc_keras.encoder import FEATURE_STRIDE
+from tests.test_label_step import random_unit
 
-CELL = P.FEATURE_STRIDE
-
-
-# ---------------------------------------------------------------------------------- references
-
-def np_vote(feats, labels, queries, allowed, short_term, topk, temperature, joint):
-    """Float64 loop reference of `vote`."""
-    m, n, _ = feats.shape
-    out = np.zeros((len(queries), labels.shape[-1]))
-    for q, query in enumerate(queries):
-        logits = feats @ query / temperature  # (M, N)
-        if allowed is not None:
-            for f in range(m):
-                if short_term[f]:
-                    logits[f, ~allowed[q]] = P.MASKED_LOGIT
-        if joint:
-            flat = logits.ravel()
-            idx = np.argsort(-flat, kind="stable")[:topk]
-            wts = np.exp(flat[idx] - flat[idx].max())
-            wts /= wts.sum()
-            out[q] = wts @ labels.reshape(m * n, -1)[idx]
-        else:
-            for f in range(m):
-                p = np.exp(logits[f] - logits[f].max())
-                p /= p.sum()
-                idx = np.argsort(-p, kind="stable")[:topk]
-                out[q] += p[idx] @ labels[f, idx] / m
-    return out
-
-
-def random_unit(rng, *shape):
-    x = rng.normal(size=shape)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-@pytest.mark.parametrize("joint", [True, False])
-@pytest.mark.parametrize("radius", [None, 1.5])
-def test_vote_matches_float64_reference(joint, radius):
-    rng = np.random.default_rng(0)
-    h, w, m, c, k = 4, 5, 3, 8, 3
-    feats = random_unit(rng, m, h * w, c)
-    labels = rng.uniform(size=(m, h * w, k))
-    queries = random_unit(rng, h * w, c)
-    allowed = None if radius is None else P.radius_mask(h, w, radius)
-    short = np.array([False, True, True])
-    got = P.vote(feats.astype("float32"), labels.astype("float32"), queries.astype("float32"),
-                 allowed, short, topk=4, temperature=0.1, joint_topk=joint)
-    want = np_vote(feats, labels, queries, allowed, short, 4, 0.1, joint)
-    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
-
-
-def _local(feats, labels, queries, radius, tile, topk, temperature, joint):
-    """`vote_local` on (M, N, .) context (first frame long-term) -> (Q=N, K) like `vote`."""
-    h, w = feats.shape[1:3]
-    feats, labels = feats.reshape(len(feats), h * w, -1), labels.reshape(len(labels), h * w, -1)
-    tiles = P.local_tiles(h, w, radius, tile)
-    out = P.vote_local(feats[:1], labels[:1], feats[1:].transpose(1, 0, 2),
-                       labels[1:].transpose(1, 0, 2), queries[tiles.query_index],
-                       tiles.key_index, tiles.allowed, topk=topk, temperature=temperature,
-                       joint_topk=joint)
-    return np.asarray(out).reshape(-1, labels.shape[-1])[tiles.slot]
-
-
-@pytest.mark.parametrize("joint", [True, False])
-@pytest.mark.parametrize("h, w, radius, tile", [
-    (7, 9, 1.5, (3, 4)),   # edge tiles padded on both axes, non-integer radius
-    (7, 9, 2.0, (8, 8)),   # tile larger than the map
-    (5, 6, 0.0, (2, 2)),   # radius 0: a query's only short-term key is itself
-    (6, 5, 10.0, (4, 4)),  # radius larger than the map: region = whole map
-    (9, 11, 3.0, (1, 11)),  # whole-row bands
-])
-def test_vote_local_equals_dense_vote(joint, h, w, radius, tile):
-    """Float64: same labels as `vote` with the radius mask (and the float64 loop reference)."""
-    rng = np.random.default_rng(2)
-    m, c, k = 4, 6, 3
-    feats = random_unit(rng, m, h, w, c)
-    labels = rng.uniform(size=(m, h, w, k))
-    queries = random_unit(rng, h * w, c)
-    topk = 5 if joint else 12  # per-frame top-k above the region size where the radius is 0
-    allowed, short = P.radius_mask(h, w, radius), np.arange(m) > 0
-    flat_feats, flat_labels = feats.reshape(m, h * w, c), labels.reshape(m, h * w, k)
-    want = np.asarray(P.vote(flat_feats, flat_labels, queries, allowed, short, topk=topk,
-                             temperature=0.1, joint_topk=joint))
-    got = _local(feats, labels, queries, radius, tile, topk, 0.1, joint)
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
-    ref = np_vote(flat_feats, flat_labels, queries, allowed, short, topk, 0.1, joint)
-    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
-
-
-def test_vote_local_breaks_ties_like_vote():
-    """One-hot features: many keys tie exactly; the same ones are picked (same labels)."""
-    rng = np.random.default_rng(3)
-    h, w, m, k = 6, 7, 4, 5
-    feats = np.eye(3)[rng.integers(0, 3, (m, h, w))].astype(np.float32)
-    labels = rng.uniform(size=(m, h, w, k)).astype(np.float32)
-    queries = np.eye(3)[rng.integers(0, 3, h * w)].astype(np.float32)
-    want = np.asarray(P.vote(feats.reshape(m, h * w, 3), labels.reshape(m, h * w, k), queries,
-                             P.radius_mask(h, w, 2.0), np.arange(m) > 0, topk=10,
-                             temperature=0.05))
-    np.testing.assert_array_equal(_local(feats, labels, queries, 2.0, (4, 4), 10, 0.05, True),
-                                  want)
-
-
-def test_local_tiles_cover_the_radius():
-    h, w, radius = 13, 17, 3.5
-    tiles = P.local_tiles(h, w, radius, (4, 5))
-    t, p = tiles.query_index.shape
-    assert tiles.allowed.shape == (t, p, tiles.key_index.shape[1])
-    assert tiles.key_index.shape[1] == (4 + 6) * (5 + 6)
-    np.testing.assert_array_equal(tiles.query_index.ravel()[tiles.slot], np.arange(h * w))
-    assert np.all(np.diff(tiles.key_index, axis=1) > 0)  # increasing: `vote`'s tie order
-    dense = P.radius_mask(h, w, radius)
-    for i in range(t):
-        # Every key within the radius of a tile query lies in the tile's region, and `allowed`
-        # is the dense mask restricted to the region.
-        rows = dense[tiles.query_index[i]]  # (P, N)
-        assert rows.sum() == tiles.allowed[i].sum()
-        np.testing.assert_array_equal(rows[:, tiles.key_index[i]], tiles.allowed[i])
-
-
-def test_radius_mask_counts():
-    mask = P.radius_mask(5, 5, 1)
-    assert mask.shape == (25, 25)
-    assert mask[12].sum() == 5        # centre: itself + 4 neighbours
-    assert mask[0].sum() == 3         # corner
-    assert P.radius_mask(5, 5, 0).sum() == 25
-
-
-def test_propagate_step_shapes_and_minmax():
-    rng = np.random.default_rng(1)
-    feats = random_unit(rng, 3, 4, 6, 8).astype("float32")
-    labels = rng.uniform(size=(3, 4, 6, 2)).astype("float32")
-    query = random_unit(rng, 4, 6, 8).astype("float32")
-    out = np.asarray(P.propagate_step(feats, labels, query, topk=3, temperature=0.1,
-                                      radius_mask=P.radius_mask(4, 6, 2.0),
-                                      short_term=np.array([False, True, True]), minmax=True))
-    assert out.shape == (4, 6, 2)
-    np.testing.assert_allclose(out.reshape(-1, 2).min(0), 0.0, atol=1e-6)
-    np.testing.assert_allclose(out.reshape(-1, 2).max(0), 1.0, atol=1e-6)
+CELL = FEATURE_STRIDE
 
 
 def test_model_size_and_presets():
@@ -320,31 +185,6 @@ def test_context_buffers_stay_bounded():
         shapes.add((f_locals["first_feats"].shape, f_locals["feat_buf"].shape,
                     f_locals["label_buf"].shape))
     assert shapes == {((1, h * w, len(_PALETTE)), (h * w, 2, len(_PALETTE)), (h * w, 2, 2))}
-
-
-def test_load_encoder_specs(tmp_path):
-    assert P.load_encoder("identity") is None
-    frames = np.random.default_rng(0).integers(0, 256, (1, 32, 48, 3), dtype=np.uint8)
-    embed = P.load_encoder("random", 18, seed=1)
-    feats = np.asarray(embed(frames))
-    assert feats.shape == (1, 4, 6, 512)
-    np.testing.assert_allclose(np.linalg.norm(feats, axis=-1), 1.0, atol=1e-4)
-    # Weights saved from keras.Sequential([encoder]) load back to the same features.
-    from tc_keras.encoder import ResNetEncoder
-    keras.utils.set_random_seed(1)
-    encoder = ResNetEncoder(depth=18)
-    model = keras.Sequential([keras.Input((None, None, 3)), encoder])
-    model.save_weights(tmp_path / "enc.weights.h5")
-    keras.utils.set_random_seed(7)  # a different init, overwritten by the loaded weights
-    loaded = P.load_encoder(str(tmp_path / "enc.weights.h5"), 18)
-    np.testing.assert_allclose(np.asarray(loaded(frames)),
-                               np.asarray(P.make_embed(encoder)(frames)), atol=1e-5)
-    assert P.load_encoder(str(tmp_path), 18) is not None  # a folder: its newest weights file
-    with pytest.raises(ValueError, match="nope.h5"):
-        P.load_encoder(str(tmp_path / "nope.h5"))
-    (tmp_path / "bad.weights.h5").write_bytes(b"not hdf5")
-    with pytest.raises(ValueError, match="bad.weights.h5"):
-        P.load_encoder(str(tmp_path / "bad.weights.h5"))
 
 
 def test_default_preset_is_the_follow_up_protocol():

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tc_keras import propagate as prop
+from tc_keras import encoder_io
+from tc_keras import label_io
 from tc_keras.data import synthetic
 from tc_keras.data import video as video_lib
 
@@ -32,7 +33,7 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("tools_export")
     workdir = root / "workdir"
     workdir.mkdir()
-    prop.load_encoder_model("random", depth=18, seed=3).save(workdir / "encoder.keras")
+    encoder_io.load_encoder_model("random", depth=18, seed=3).save(workdir / "encoder.keras")
     (workdir / "config.json").write_text("{}")
     result = run_tool("export.py", "--checkpoint", workdir, "--out", root / "export" / "tc")
     assert result.returncode == 0, result.stderr
@@ -64,7 +65,7 @@ def test_propagate_masks_identical_across_runtimes(exported, tmp_path):
     workdir, out = exported
     frames, masks = synthetic.render_video(5, frames=8, size=(64, 96), num_objects=(2, 2))
     video = video_lib.write_video(tmp_path / "clip.mp4", frames, fps=12)
-    synthetic.save_mask(tmp_path / "mask.png", masks[0])
+    label_io.write_mask(tmp_path / "mask.png", masks[0], label_io.DAVIS_MASK)
     results = {}
     for name, encoder in (("keras", workdir), ("saved_model", out / "tc"),
                           ("saved_model_v1", out / "tc" / "1"), ("tflite", out / "tc.tflite")):
@@ -85,7 +86,7 @@ def test_propagate_rejects_broken_export(tmp_path):
     (tmp_path / "bad.tflite").write_bytes(b"junk")
     frames, masks = synthetic.render_video(5, frames=2, size=(32, 32))
     video = video_lib.write_video(tmp_path / "clip.mp4", frames, fps=12)
-    synthetic.save_mask(tmp_path / "mask.png", masks[0])
+    label_io.write_mask(tmp_path / "mask.png", masks[0], label_io.DAVIS_MASK)
     result = run_tool("propagate.py", "--video", video, "--labels", tmp_path / "mask.png",
                       "--out", tmp_path / "o", "--encoder", tmp_path / "bad.tflite")
     assert result.returncode == 1
@@ -95,6 +96,6 @@ def test_propagate_rejects_broken_export(tmp_path):
 
 def test_keras_loader_reads_workdir(exported):
     workdir, _ = exported
-    model = prop.load_encoder_model(str(workdir))
+    model = encoder_io.load_encoder_model(str(workdir))
     assert isinstance(model, keras.Model)
     assert model(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 4, 4, 512)

@@ -37,7 +37,7 @@ def clip(tmp_path_factory):
     root = tmp_path_factory.mktemp("clip")
     frames, masks = synthetic.render_video(3, frames=5, size=(64, 64), num_objects=(2, 2))
     write_frames(root / "frames", frames)
-    synthetic.save_mask(root / "mask.png", masks[0])
+    label_io.write_mask(root / "mask.png", masks[0], label_io.DAVIS_MASK)
     return root, frames, masks
 
 
@@ -121,11 +121,11 @@ def test_bad_inputs_give_one_line_and_no_output(clip, tmp_path, case):
     video, labels = root / "frames", root / "mask.png"
     if case == "mask_size":
         labels = tmp_path / "small.png"
-        synthetic.save_mask(labels, masks[0][:32])
+        label_io.write_mask(labels, masks[0][:32], label_io.DAVIS_MASK)
         named = labels
     elif case == "no_object":
         labels = tmp_path / "empty.png"
-        synthetic.save_mask(labels, np.zeros_like(masks[0]))
+        label_io.write_mask(labels, np.zeros_like(masks[0]), label_io.DAVIS_MASK)
         named = labels
     elif case == "corrupt_video":
         video = tmp_path / "broken.mp4"

@@ -1,4 +1,4 @@
-"""The training driver: config validation, resume after kill -9, multi-worker, non-finite loss."""
+"""The training driver: data sources, resume after kill -9, multi-worker, non-finite loss."""
 
 import json
 import os
@@ -32,35 +32,6 @@ def env(**extra):
     return e
 
 
-def test_config_validates_and_round_trips():
-    cfg = tconfig.Config(tconfig.DataConfig(), tconfig.ModelConfig(), tconfig.TrainConfig(workdir="w"))
-    assert tconfig.Config.from_dict(json.loads(cfg.to_json())) == cfg
-    kwargs = tconfig.model_kwargs(cfg)
-    assert kwargs["depth"] == 50 and kwargs["num_past"] == 4 and kwargs["crop_size"] == 240
-    with pytest.raises(ValueError, match="crop_size"):
-        tconfig.DataConfig(crop_size=100)
-    with pytest.raises(ValueError, match="target_offset"):
-        tconfig.DataConfig(num_past=4, frame_gap=2, target_offset=5)
-    with pytest.raises(ValueError, match="workdir"):
-        tconfig.TrainConfig()
-    with pytest.raises(ValueError, match="encoder"):
-        tconfig.ModelConfig(encoder="resnet34")
-
-
-@pytest.mark.parametrize("flagfile", sorted((ROOT / "configs").glob("*.flags")),
-                         ids=lambda p: p.name)
-def test_shipped_flagfiles_parse_into_valid_configs(flagfile):
-    import copy
-
-    from absl import flags
-
-    tconfig.define_flags()
-    values = copy.deepcopy(flags.FLAGS)  # the global flags stay unparsed for other tests
-    values(["train", f"--flagfile={flagfile}"])
-    cfg = tconfig.Config.from_flags(values)
-    assert cfg.train.workdir and tconfig.model_kwargs(cfg)["crop_size"] == cfg.data.crop_size
-
-
 def test_unknown_flag_value_and_missing_data_are_clear_errors(tmp_path):
     bad = subprocess.run(train_cmd(tmp_path / "w", "--encoder=resnet34"), env=env(),
                          capture_output=True, text=True, timeout=120)
@@ -74,7 +45,7 @@ def test_unknown_flag_value_and_missing_data_are_clear_errors(tmp_path):
 
 
 def test_monitor_stops_on_non_finite_loss_naming_the_step():
-    from tc_keras.train_callbacks import TrainingMonitor
+    from tc_keras.monitor import TrainingMonitor
 
     saved = []
     monitor = TrainingMonitor(saved.append, "/tmp/unused_tb", log_every=100, checkpoint_every=100,
@@ -191,7 +162,7 @@ def test_data_list_of_videos_is_prepared_into_the_workdir(tmp_path):
 def test_rotation_ramp_callback_follows_the_step():
     import tensorflow as tf
 
-    from tc_keras.train_callbacks import RotationRamp
+    from tc_keras.monitor import RotationRamp
 
     class _Model:  # what the callback reads: the optimizer's step counter
         class optimizer:

@@ -16,17 +16,14 @@ A results folder missing frames is an error naming the missing files (exit statu
 """
 
 import json
-import os
 import pathlib
-import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import flags
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-
-from tc_keras import label_io  # noqa: E402
-from tc_keras import metrics  # noqa: E402
+from tc_keras import cli
+from tc_keras import label_io
+from tc_keras import metrics
+from tc_keras.data import davis
 
 _DAVIS_ROOT = flags.DEFINE_string("davis_root", None, "DAVIS root with Annotations/480p/<seq>.")
 _RESULTS = flags.DEFINE_string("results", None, "Results root (<seq>/<frame>.png), or for "
@@ -49,19 +46,11 @@ def _missing_error(missing):
 
 def evaluate_davis(root, results, sequences):
     """{summary} for DAVIS masks; raises ValueError naming missing result files."""
-    annotations = pathlib.Path(root) / "Annotations" / "480p"
-    if not annotations.is_dir():
-        raise ValueError(f"--davis_root {root}: no Annotations/480p folder")
-    available = sorted(p.name for p in annotations.iterdir() if p.is_dir())
-    sequences = sequences or available
-    unknown = sorted(set(sequences) - set(available))
-    if unknown:
-        raise ValueError(f"--davis_root {root}: unknown sequences {', '.join(unknown)}")
     results = pathlib.Path(results)
     plan = {}
     missing = []
-    for seq in sequences:
-        gt_files = sorted(annotations.joinpath(seq).glob("*.png"))
+    for seq, folder in davis.sequences(root, davis.ANNOTATIONS, sequences):
+        gt_files = sorted(folder.glob("*.png"))
         pred_files = [results / seq / p.name for p in gt_files]
         missing += [p for p in pred_files if not p.is_file()]
         plan[seq] = (gt_files, pred_files)
@@ -108,29 +97,23 @@ def evaluate_keypoints(gt_path, results):
 
 def main(argv):
     del argv
-    try:
-        if not _RESULTS.value:
-            raise ValueError("--results is required")
-        if bool(_DAVIS_ROOT.value) == bool(_JHMDB_JOINTS.value):
-            raise ValueError("give either --davis_root or --jhmdb_joints")
-        results = pathlib.Path(_RESULTS.value)
-        if not results.exists():
-            raise ValueError(f"--results {results}: no such file or folder")
-        folder = results if results.is_dir() else results.parent
-        if _DAVIS_ROOT.value:
-            out = evaluate_davis(_DAVIS_ROOT.value, results, _SEQUENCES.value)
-            print_davis(out)
-            json_path = pathlib.Path(_JSON.value or folder / "davis_metrics.json")
-        else:
-            out = evaluate_keypoints(_JHMDB_JOINTS.value, results)
-            print(" | ".join(f"{k}: {out[k]:.3f}" for k in out if k.startswith("PCK@")))
-            json_path = pathlib.Path(_JSON.value or folder / "pck_metrics.json")
-        json_path.write_text(json.dumps(out, indent=1))
-        print(f"wrote {json_path}")
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    cli.require("results")
+    cli.exactly_one("davis_root", "jhmdb_joints")
+    results = pathlib.Path(_RESULTS.value)
+    if not results.exists():
+        raise ValueError(f"--results {results}: no such file or folder")
+    folder = results if results.is_dir() else results.parent
+    if _DAVIS_ROOT.value:
+        out = evaluate_davis(_DAVIS_ROOT.value, results, _SEQUENCES.value)
+        print_davis(out)
+        json_path = pathlib.Path(_JSON.value or folder / "davis_metrics.json")
+    else:
+        out = evaluate_keypoints(_JHMDB_JOINTS.value, results)
+        print(" | ".join(f"{k}: {out[k]:.3f}" for k in out if k.startswith("PCK@")))
+        json_path = pathlib.Path(_JSON.value or folder / "pck_metrics.json")
+    json_path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {json_path}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

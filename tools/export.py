@@ -9,17 +9,13 @@ Without --checkpoint the encoder is freshly initialised (seeded), for trying the
 User errors (missing checkpoint, existing version) print one line and exit with status 1.
 """
 
-import os
-import sys
+from tc_keras import cli  # first: quiets TensorFlow's start-up
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
+from tc_keras import encoder_io  # noqa: E402
 from tc_keras import export as export_lib  # noqa: E402
-from tc_keras import propagate as prop  # noqa: E402
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Encoder to export: a training workdir (its encoder.keras), an "
@@ -49,22 +45,17 @@ def _quantize_values(values):
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # TF's INFO lines about signature names, assets
-    try:
-        if not _OUT.value:
-            raise ValueError("--out is required (e.g. export/<name>)")
-        spec = _CHECKPOINT.value or "random"
-        if spec in ("random", "identity") and _CHECKPOINT.value:
-            raise ValueError(f"--checkpoint {spec}: expected a workdir, .keras or .weights.h5")
-        quantize = _quantize_values(_QUANTIZE.value)
-        encoder = prop.load_encoder_model(spec, int(_DEPTH.value), _SEED.value)
-        written = export_lib.export(encoder, _OUT.value, _VERSION.value, quantize, _TFLITE.value,
-                                    _OVERWRITE.value)
-        for kind, path in written.items():
-            print(f"{kind}: {path}")
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    cli.require("out", hint=" (e.g. export/<name>)")
+    spec = _CHECKPOINT.value or "random"
+    if spec in ("random", "identity") and _CHECKPOINT.value:
+        raise ValueError(f"--checkpoint {spec}: expected a workdir, .keras or .weights.h5")
+    quantize = _quantize_values(_QUANTIZE.value)
+    encoder = encoder_io.load_encoder_model(spec, int(_DEPTH.value), _SEED.value)
+    written = export_lib.export(encoder, _OUT.value, _VERSION.value, quantize, _TFLITE.value,
+                                _OVERWRITE.value)
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

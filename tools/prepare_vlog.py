@@ -9,9 +9,11 @@ used are listed with the reason in OUT/report.json; the run still exits with sta
 Record format and output layout: tc_keras/data/prepare.py.
 """
 
-from absl import app, flags, logging
+from tc_keras import cli  # first: quiets TensorFlow's start-up
 
-from tc_keras.data import prepare
+from absl import flags, logging  # noqa: E402
+
+from tc_keras.data import prepare  # noqa: E402
 
 _INPUT = flags.DEFINE_string("input", None, "Folder of videos (any nesting) or a list file.")
 _OUT = flags.DEFINE_string("out", None, "Output folder for shards, manifest.jsonl, report.json.")
@@ -38,4 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -24,6 +24,14 @@ import tensorflow as tf
 from tc_keras import ops as tc_ops
 from tc_keras.data import prepare
 
+# Clip structure (PAPER.md, "Training data and schedule"): past frames 2 apart at 12 fps, the
+# target 15 frames after the first; the short side resized to 256 before the crop; the patch
+# rotated by up to 45 degrees.
+FRAME_GAP = 2
+TARGET_OFFSET = 15
+RESIZE_SHORT = 256
+MAX_ROTATION_DEG = 45.0
+SHUFFLE_BUFFER = 512
 # Reference code: candidate windows of 78 px in a 240 px crop on a 7 x 7 grid, the patch drawn
 # among the 10 with most motion, its centre jittered by up to 1/12 of the frame (PAPER.md).
 MOTION_WINDOW_FRACTION = 78.0 / 240.0
@@ -41,7 +49,8 @@ _FEATURES = dict(
 )
 
 
-def clip_offsets(num_frames, num_past=4, frame_gap=2, target_offset=15):
+def clip_offsets(num_frames, num_past=tc_ops.NUM_PAST, frame_gap=FRAME_GAP,
+                 target_offset=TARGET_OFFSET):
     """Frame offsets of a clip relative to its start: (num_past + 1,) int32, target last.
 
     Nominally [0, g, ..., (k-1)g, target_offset]. A video with fewer than target_offset + 1
@@ -175,10 +184,11 @@ def video_records(files, *, shuffle=True, seed=None, deterministic=False, repeat
                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
 
-def clip_dataset(shards, *, batch_size, num_past=4, frame_gap=2, target_offset=15,
-                 crop_size=240, resize_short=256, patch_size=None, max_rotation_deg=45.0,
-                 rotation_scale=None, shuffle_buffer=512, seed=None, deterministic=False, repeat=True,
-                 input_context=None):
+def clip_dataset(shards, *, batch_size, num_past=tc_ops.NUM_PAST, frame_gap=FRAME_GAP,
+                 target_offset=TARGET_OFFSET, crop_size=tc_ops.CROP_SIZE,
+                 resize_short=RESIZE_SHORT, patch_size=None, max_rotation_deg=MAX_ROTATION_DEG,
+                 rotation_scale=None, shuffle_buffer=SHUFFLE_BUFFER, seed=None,
+                 deterministic=False, repeat=True, input_context=None):
     """Batches of training clips (see the module docstring for the element structure).
 
     Args:
@@ -208,7 +218,7 @@ def clip_dataset(shards, *, batch_size, num_past=4, frame_gap=2, target_offset=1
         raise ValueError(f"clip_dataset: resize_short={resize_short} must be >= "
                          f"crop_size={crop_size}")
     if patch_size is None:
-        patch_size = int(round(crop_size * tc_ops.PATCH_SCALE))
+        patch_size = tc_ops.patch_size(crop_size)
     files = prepare.resolve_shards(shards)
     if input_context is not None and seed is not None:
         seed = seed + 1_000_003 * input_context.input_pipeline_id

@@ -36,6 +36,7 @@ import time
 
 from absl import logging
 
+from tc_keras import atomic
 from tc_keras.data import records, video
 
 # PAPER.md, "Training data and schedule": frames at 12 fps, height 256.
@@ -45,7 +46,6 @@ DEFAULT_HEIGHT = 256
 DEFAULT_MIN_FRAMES = 16
 SHARD_PATTERN = "shard-{index:05d}-of-{count:05d}.tfrecord"
 _SHARD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})\.tfrecord$")
-PARTIAL = ".partial"
 
 
 def find_videos(input_path):
@@ -123,15 +123,15 @@ def _encode_job(args):
 
 
 class _ShardWriter:
-    """Writes one shard under .partial names; `finish` renames it into place."""
+    """Writes one shard under a temporary name; `finish` renames it, then its .json, into place."""
 
     def __init__(self, out_dir, name):
         import tensorflow as tf
 
         self.path = out_dir / name
         self.meta_path = self.path.with_suffix(".json")
-        self.tmp = self.path.with_name(self.path.name + PARTIAL)
-        self.writer = tf.io.TFRecordWriter(str(self.tmp))
+        self.staged = atomic.Staged(self.path)
+        self.writer = tf.io.TFRecordWriter(str(self.staged.path))
         self.rows, self.skipped = [], []
 
     def add(self, result):
@@ -146,11 +146,9 @@ class _ShardWriter:
 
     def finish(self, sources, settings):
         self.writer.close()
-        meta_tmp = self.meta_path.with_name(self.meta_path.name + PARTIAL)
-        meta_tmp.write_text(json.dumps(dict(sources=sources, settings=settings, videos=self.rows,
-                                            skipped=self.skipped), indent=1))
-        os.replace(self.tmp, self.path)
-        os.replace(meta_tmp, self.meta_path)
+        self.staged.commit()
+        atomic.write_text(self.meta_path, json.dumps(dict(
+            sources=sources, settings=settings, videos=self.rows, skipped=self.skipped), indent=1))
 
 
 def _finished(out_dir, name, sources, settings):
@@ -170,7 +168,7 @@ def _finished(out_dir, name, sources, settings):
 
 def _clean_stale(out_dir, num_shards):
     for p in out_dir.iterdir():
-        if p.name.endswith(PARTIAL):
+        if p.name.endswith(atomic.PARTIAL):
             p.unlink()  # a killed run's leftovers; the shard is redone
             continue
         m = _SHARD_RE.match(p.name) or _SHARD_RE.match(p.with_suffix(".tfrecord").name)
@@ -312,19 +310,13 @@ def _write_summary(out_dir, plan, input_path):
         meta = json.loads((out_dir / name).with_suffix(".json").read_text())
         rows += meta["videos"]
         skipped += meta["skipped"]
-    _atomic_write(out_dir / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    atomic.write_text(out_dir / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     report = dict(input=str(input_path), videos=len(rows), skipped_count=len(skipped),
                   frames=sum(r["frames"] for r in rows), shards=len(plan), skipped=skipped)
-    _atomic_write(out_dir / "report.json", json.dumps(report, indent=1) + "\n")
+    atomic.write_text(out_dir / "report.json", json.dumps(report, indent=1) + "\n")
     logging.info("prepare: %d videos stored (%d frames), %d skipped; see %s", len(rows),
                  report["frames"], len(skipped), out_dir / "report.json")
     return report
-
-
-def _atomic_write(path, text):
-    tmp = path.with_name(path.name + PARTIAL)
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def resolve_shards(path):

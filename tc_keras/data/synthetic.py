@@ -17,7 +17,6 @@ into training shards (the default training data when no video collection is give
     out_dir/shards/                      (prepared_corpus) shards, manifest.jsonl, report.json
 """
 
-import functools
 import json
 import math
 import pathlib
@@ -25,6 +24,8 @@ import pathlib
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tc_keras import atomic
+from tc_keras import label_io
 from tc_keras.data import prepare, video
 
 # Pixels per frame and degrees per frame are relative to min(H, W) so that motion looks alike at
@@ -34,29 +35,10 @@ MAX_SPEED = 0.015  # object translation, fraction of min(H, W) per frame
 MAX_PAN = 0.004  # background pan, fraction of min(H, W) per frame
 MAX_SPIN_DEG = 2.0  # object rotation, degrees per frame
 RADIUS = (0.08, 0.2)  # object radius, fraction of min(H, W)
-
-
-@functools.lru_cache(maxsize=None)
-def palette(num_colors=256):
-    """DAVIS-style colour palette (index 0 black) as a flat tuple for PIL's putpalette."""
-    out = []
-    for i in range(num_colors):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        out += [r, g, b]
-    return tuple(out)
-
-
-def save_mask(path, mask):
-    """Writes a (H, W) integer mask as an indexed PNG (values 0..255)."""
-    im = Image.fromarray(np.asarray(mask, np.uint8), mode="P")
-    im.putpalette(palette())
-    im.save(path, optimize=False)
+# The default corpus: videos, frames per video, height and width (px).
+NUM_VIDEOS = 16
+FRAMES = 60
+SIZE = 256
 
 
 def texture(rng, height, width):
@@ -171,7 +153,7 @@ class _Scene:
         mask[y0:y1, x0:x1][inside] = index
 
 
-def iter_video(seed, frames=60, size=(256, 256), num_objects=(1, 3), pan=1.0, speed=1.0):
+def iter_video(seed, frames=FRAMES, size=(SIZE, SIZE), num_objects=(1, 3), pan=1.0, speed=1.0):
     """Streams (frame uint8 (H, W, 3), mask uint8 (H, W)) pairs of one synthetic video.
 
     Args:
@@ -187,7 +169,7 @@ def iter_video(seed, frames=60, size=(256, 256), num_objects=(1, 3), pan=1.0, sp
         yield scene.frame(t)
 
 
-def render_video(seed, frames=60, size=(256, 256), **kwargs):
+def render_video(seed, frames=FRAMES, size=(SIZE, SIZE), **kwargs):
     """In-memory synthetic video: (frames uint8 (T, H, W, 3), masks uint8 (T, H, W)).
 
     Same arguments as `iter_video`.
@@ -196,7 +178,7 @@ def render_video(seed, frames=60, size=(256, 256), **kwargs):
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
-def write_corpus(out_dir, num_videos, frames=60, size=(256, 256), fps=12, seed=0, **kwargs):
+def write_corpus(out_dir, num_videos, frames=FRAMES, size=(SIZE, SIZE), fps=12, seed=0, **kwargs):
     """Writes `num_videos` synthetic videos with per-frame masks; returns the video paths.
 
     Video i uses seed (seed, i), so a corpus extends deterministically. Existing complete videos
@@ -205,7 +187,7 @@ def write_corpus(out_dir, num_videos, frames=60, size=(256, 256), fps=12, seed=0
     out_dir = pathlib.Path(out_dir)
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     args = dict(num_videos=num_videos, frames=frames, size=list(size), fps=fps, seed=seed, **kwargs)
-    (out_dir / "corpus.json").write_text(json.dumps(args, indent=1) + "\n")
+    atomic.write_text(out_dir / "corpus.json", json.dumps(args, indent=1) + "\n")
     paths = []
     for i in range(num_videos):
         name = f"vid_{i:04d}"
@@ -216,13 +198,13 @@ def write_corpus(out_dir, num_videos, frames=60, size=(256, 256), fps=12, seed=0
             with video.VideoWriter(path, fps) as writer:
                 for t, (image, mask) in enumerate(iter_video((seed, i), frames, size, **kwargs)):
                     writer.write(image)
-                    save_mask(mask_dir / f"{t:05d}.png", mask)
+                    label_io.write_mask(mask_dir / f"{t:05d}.png", mask, label_io.DAVIS_MASK)
         paths.append(path)
     return paths
 
 
-def prepared_corpus(out_dir, num_videos=16, frames=60, size=(256, 256), fps=12, seed=0,
-                    workers=1, **kwargs):
+def prepared_corpus(out_dir, num_videos=NUM_VIDEOS, frames=FRAMES, size=(SIZE, SIZE), fps=12,
+                    seed=0, workers=1, **kwargs):
     """write_corpus + prepare: returns the shard folder out_dir/shards (for `clip_dataset`).
 
     Both steps keep finished work, so a second call with the same arguments returns at once.

@@ -13,13 +13,14 @@ what was wrong.
 """
 
 import fractions
-import os
 import pathlib
 import re
 
 import av
 import numpy as np
 from PIL import Image
+
+from tc_keras import atomic
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -253,8 +254,9 @@ def video_info(path, exact=False):
 class VideoWriter:
     """Writes uint8 RGB frames to an H.264 mp4 (yuv420p); use as a context manager.
 
-    Frames are written to `<path>.partial` and renamed to `path` only when the writer closes
-    without an exception, so an interrupted run never leaves a complete-looking file. Odd frame
+    Frames are written to a hidden temporary file beside `path` (tc_keras.atomic) renamed to `path`
+    only when the writer closes without an exception, so an interrupted run never leaves a
+    complete-looking file. Odd frame
     sizes are padded to even (yuv420p needs even sizes) by repeating the last row / column.
 
     Args:
@@ -269,7 +271,7 @@ class VideoWriter:
         self.fps = fps
         self.crf = crf
         self.preset = preset
-        self.tmp_path = self.path.with_name(self.path.name + ".partial")
+        self._staged = None
         self._container = None
         self._stream = None
         self._size = None
@@ -279,10 +281,7 @@ class VideoWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
+        (self.close if exc_type is None else self.abort)()
         return False
 
     def write(self, frame):
@@ -309,9 +308,9 @@ class VideoWriter:
 
     def _start(self, size):
         self._size = tuple(size)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         rate = fractions.Fraction(self.fps).limit_denominator(1001)
-        self._container = av.open(str(self.tmp_path), mode="w", format="mp4")
+        self._staged = atomic.Staged(self.path)
+        self._container = av.open(str(self._staged.path), mode="w", format="mp4")
         self._stream = self._container.add_stream("libx264", rate=rate)
         self._stream.height = size[0] + size[0] % 2
         self._stream.width = size[1] + size[1] % 2
@@ -329,7 +328,7 @@ class VideoWriter:
             self._container.mux(packet)
         self._container.close()
         self._container = None
-        os.replace(self.tmp_path, self.path)
+        self._staged.commit()
 
     def abort(self):
         """Closes and deletes the temporary file; `path` is left untouched."""
@@ -339,7 +338,8 @@ class VideoWriter:
             except av.FFmpegError:
                 pass
             self._container = None
-        self.tmp_path.unlink(missing_ok=True)
+        if self._staged is not None:
+            self._staged.discard()
 
 
 def write_video(path, frames, fps, **kwargs):

@@ -1,0 +1,97 @@
+"""Encoder files: the one a training run writes, and the one loader of an `--encoder` argument.
+
+A training workdir holds `encoder.keras` (a `keras.Sequential([Input, ResNetEncoder])` mapping
+ImageNet-normalised frames to features), written by `save_encoder`. `load_encoder_model` turns a
+command-line spec (identity, random, a workdir, a .keras or .weights.h5 file) into that model;
+`load_encoder` / `make_embed` wrap it as `embed(frames_uint8)` for propagation. Exported models
+(SavedModel, .tflite) are run by `tc_keras.runtimes` instead.
+"""
+
+import pathlib
+
+import keras
+
+from tc_keras import atomic
+from tc_keras import ops as tops
+
+ENCODER_FILE = "encoder.keras"
+
+
+def save_encoder(encoder, path):
+    """Writes `encoder` (a ResNetEncoder layer) alone as a .keras model, atomically."""
+    wrapper = keras.Sequential([keras.Input((None, None, 3)), encoder])
+    with atomic.Staged(path, suffix=".keras") as tmp:  # Keras saves only to a .keras name
+        wrapper.save(tmp)
+
+
+def make_embed(encoder):
+    """embed(frames_uint8 (B, H, W, 3)) -> (B, H/8, W/8, C) from an encoder on normalised frames."""
+    def embed(frames):
+        return encoder(tops.normalize_frames(frames), training=False)
+    return embed
+
+
+ENCODER_CHOICES = "identity, random, or a path to a .weights.h5 / .keras file or a folder of them"
+
+
+def load_encoder(spec, depth=18, seed=0):
+    """An `embed` callable for propagation from a command-line encoder spec.
+
+    See `load_encoder_model` for `spec`, `depth` and `seed`.
+    Returns:
+      None ("identity") or embed(frames_uint8 (B, H, W, 3)) -> (B, H/8, W/8, C).
+    """
+    encoder = load_encoder_model(spec, depth, seed)
+    return None if encoder is None else make_embed(encoder)
+
+
+def load_encoder_model(spec, depth=18, seed=0):
+    """The encoder model named by a command-line spec (the one checkpoint loader of the project).
+
+    Args:
+      spec: "identity" -> None (the copy-the-first-frame baseline of PAPER.md's results table);
+        "random" -> a freshly initialised `ResNetEncoder(depth)` seeded with `seed`; a path to a
+        `.weights.h5` file (weights of `keras.Sequential([ResNetEncoder(depth)])` or of a
+        functional model wrapping only the encoder), a `.keras` file (a saved model or encoder
+        mapping normalised frames to features), or a folder holding one (a training workdir's
+        `encoder.keras` if present, else the newest).
+      depth: 18 or 50, for "random" and `.weights.h5`.
+      seed: initialisation seed for "random".
+    Returns:
+      None ("identity") or a keras model mapping ImageNet-normalised float frames (B, H, W, 3)
+      to L2-normalised features (B, H/8, W/8, C).
+    Raises:
+      ValueError naming `spec` when it cannot be loaded.
+    """
+    from tc_keras.encoder import ResNetEncoder  # noqa: PLC0415 (keeps identity runs light)
+
+    if spec == "identity":
+        return None
+    if spec == "random":
+        keras.utils.set_random_seed(seed)
+        encoder = keras.Sequential([keras.Input((None, None, 3)), ResNetEncoder(depth=depth)])
+        return encoder
+    path = pathlib.Path(spec)
+    if path.is_dir() and (path / ENCODER_FILE).is_file():
+        path = path / ENCODER_FILE  # a training workdir
+    if path.is_dir():
+        found = sorted([*path.glob("*.keras"), *path.glob("*.weights.h5")],
+                       key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise ValueError(f"--encoder {spec}: folder has no .keras or .weights.h5 file")
+        path = found[-1]
+    if not path.is_file():
+        raise ValueError(f"--encoder {spec}: not 'identity', 'random' or an existing file/folder "
+                         f"(expected {ENCODER_CHOICES})")
+    try:
+        if path.name.endswith(".weights.h5"):
+            encoder = ResNetEncoder(depth=depth)
+            model = keras.Sequential([keras.Input((None, None, 3)), encoder])
+            model.load_weights(str(path))
+        elif path.suffix == ".keras":
+            encoder = keras.saving.load_model(str(path), compile=False)
+        else:
+            raise ValueError(f"unknown file type (expected {ENCODER_CHOICES})")
+    except (ValueError, OSError, KeyError, TypeError) as e:
+        raise ValueError(f"--encoder {path}: cannot load ({str(e).splitlines()[0]})") from None
+    return model if path.name.endswith(".weights.h5") else encoder

@@ -1,0 +1,47 @@
+"""tc_keras.encoder_io: the one loader of an --encoder argument, and the encoder file."""
+
+import keras
+import numpy as np
+import pytest
+
+from tc_keras import encoder_io
+from tc_keras.encoder import ResNetEncoder
+
+
+def test_load_encoder_specs(tmp_path):
+    assert encoder_io.load_encoder("identity") is None
+    frames = np.random.default_rng(0).integers(0, 256, (1, 32, 48, 3), dtype=np.uint8)
+    embed = encoder_io.load_encoder("random", 18, seed=1)
+    feats = np.asarray(embed(frames))
+    assert feats.shape == (1, 4, 6, 512)
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=-1), 1.0, atol=1e-4)
+    # Weights saved from keras.Sequential([encoder]) load back to the same features.
+    keras.utils.set_random_seed(1)
+    encoder = ResNetEncoder(depth=18)
+    model = keras.Sequential([keras.Input((None, None, 3)), encoder])
+    model.save_weights(tmp_path / "enc.weights.h5")
+    keras.utils.set_random_seed(7)  # a different init, overwritten by the loaded weights
+    loaded = encoder_io.load_encoder(str(tmp_path / "enc.weights.h5"), 18)
+    np.testing.assert_allclose(np.asarray(loaded(frames)),
+                               np.asarray(encoder_io.make_embed(encoder)(frames)), atol=1e-5)
+    assert encoder_io.load_encoder(str(tmp_path), 18) is not None  # a folder: its newest weights file
+    with pytest.raises(ValueError, match="nope.h5"):
+        encoder_io.load_encoder(str(tmp_path / "nope.h5"))
+    (tmp_path / "bad.weights.h5").write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match="bad.weights.h5"):
+        encoder_io.load_encoder(str(tmp_path / "bad.weights.h5"))
+
+
+
+
+def test_save_encoder_writes_atomically_and_loads_back(tmp_path):
+    keras.utils.set_random_seed(2)
+    encoder = ResNetEncoder(depth=18)
+    encoder.build((None, 32, 32, 3))
+    path = tmp_path / "run" / encoder_io.ENCODER_FILE
+    encoder_io.save_encoder(encoder, path)
+    assert sorted(p.name for p in path.parent.iterdir()) == [encoder_io.ENCODER_FILE]
+    frames = np.random.default_rng(1).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    loaded = encoder_io.load_encoder(str(path.parent))  # a workdir: its encoder.keras
+    np.testing.assert_allclose(np.asarray(loaded(frames)),
+                               np.asarray(encoder_io.make_embed(encoder)(frames)), atol=1e-5)

@@ -1,0 +1,146 @@
+"""tc_keras.label_step: the dense and local label steps against a float64 NumPy reference."""
+
+import numpy as np
+import pytest
+
+from tc_keras import label_step as L
+
+
+# ---------------------------------------------------------------------------------- references
+
+def np_vote(feats, labels, queries, allowed, short_term, topk, temperature, joint):
+    """Float64 loop reference of `vote`."""
+    m, n, _ = feats.shape
+    out = np.zeros((len(queries), labels.shape[-1]))
+    for q, query in enumerate(queries):
+        logits = feats @ query / temperature  # (M, N)
+        if allowed is not None:
+            for f in range(m):
+                if short_term[f]:
+                    logits[f, ~allowed[q]] = L.MASKED_LOGIT
+        if joint:
+            flat = logits.ravel()
+            idx = np.argsort(-flat, kind="stable")[:topk]
+            wts = np.exp(flat[idx] - flat[idx].max())
+            wts /= wts.sum()
+            out[q] = wts @ labels.reshape(m * n, -1)[idx]
+        else:
+            for f in range(m):
+                p = np.exp(logits[f] - logits[f].max())
+                p /= p.sum()
+                idx = np.argsort(-p, kind="stable")[:topk]
+                out[q] += p[idx] @ labels[f, idx] / m
+    return out
+
+
+def random_unit(rng, *shape):
+    x = rng.normal(size=shape)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("joint", [True, False])
+@pytest.mark.parametrize("radius", [None, 1.5])
+def test_vote_matches_float64_reference(joint, radius):
+    rng = np.random.default_rng(0)
+    h, w, m, c, k = 4, 5, 3, 8, 3
+    feats = random_unit(rng, m, h * w, c)
+    labels = rng.uniform(size=(m, h * w, k))
+    queries = random_unit(rng, h * w, c)
+    allowed = None if radius is None else L.radius_mask(h, w, radius)
+    short = np.array([False, True, True])
+    got = L.vote(feats.astype("float32"), labels.astype("float32"), queries.astype("float32"),
+                 allowed, short, topk=4, temperature=0.1, joint_topk=joint)
+    want = np_vote(feats, labels, queries, allowed, short, 4, 0.1, joint)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+
+
+def _local(feats, labels, queries, radius, tile, topk, temperature, joint):
+    """`vote_local` on (M, N, .) context (first frame long-term) -> (Q=N, K) like `vote`."""
+    h, w = feats.shape[1:3]
+    feats, labels = feats.reshape(len(feats), h * w, -1), labels.reshape(len(labels), h * w, -1)
+    tiles = L.local_tiles(h, w, radius, tile)
+    out = L.vote_local(feats[:1], labels[:1], feats[1:].transpose(1, 0, 2),
+                       labels[1:].transpose(1, 0, 2), queries[tiles.query_index],
+                       tiles.key_index, tiles.allowed, topk=topk, temperature=temperature,
+                       joint_topk=joint)
+    return np.asarray(out).reshape(-1, labels.shape[-1])[tiles.slot]
+
+
+@pytest.mark.parametrize("joint", [True, False])
+@pytest.mark.parametrize("h, w, radius, tile", [
+    (7, 9, 1.5, (3, 4)),   # edge tiles padded on both axes, non-integer radius
+    (7, 9, 2.0, (8, 8)),   # tile larger than the map
+    (5, 6, 0.0, (2, 2)),   # radius 0: a query's only short-term key is itself
+    (6, 5, 10.0, (4, 4)),  # radius larger than the map: region = whole map
+    (9, 11, 3.0, (1, 11)),  # whole-row bands
+])
+def test_vote_local_equals_dense_vote(joint, h, w, radius, tile):
+    """Float64: same labels as `vote` with the radius mask (and the float64 loop reference)."""
+    rng = np.random.default_rng(2)
+    m, c, k = 4, 6, 3
+    feats = random_unit(rng, m, h, w, c)
+    labels = rng.uniform(size=(m, h, w, k))
+    queries = random_unit(rng, h * w, c)
+    topk = 5 if joint else 12  # per-frame top-k above the region size where the radius is 0
+    allowed, short = L.radius_mask(h, w, radius), np.arange(m) > 0
+    flat_feats, flat_labels = feats.reshape(m, h * w, c), labels.reshape(m, h * w, k)
+    want = np.asarray(L.vote(flat_feats, flat_labels, queries, allowed, short, topk=topk,
+                             temperature=0.1, joint_topk=joint))
+    got = _local(feats, labels, queries, radius, tile, topk, 0.1, joint)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    ref = np_vote(flat_feats, flat_labels, queries, allowed, short, topk, 0.1, joint)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
+
+
+def test_vote_local_breaks_ties_like_vote():
+    """One-hot features: many keys tie exactly; the same ones are picked. The labels are uniform
+    random, so picking another key changes a label by ~0.1; summation order (thread count, load)
+    only by ~1e-7: a 1e-5 tolerance tells the two apart."""
+    rng = np.random.default_rng(3)
+    h, w, m, k = 6, 7, 4, 5
+    feats = np.eye(3)[rng.integers(0, 3, (m, h, w))].astype(np.float32)
+    labels = rng.uniform(size=(m, h, w, k)).astype(np.float32)
+    queries = np.eye(3)[rng.integers(0, 3, h * w)].astype(np.float32)
+    want = np.asarray(L.vote(feats.reshape(m, h * w, 3), labels.reshape(m, h * w, k), queries,
+                             L.radius_mask(h, w, 2.0), np.arange(m) > 0, topk=10,
+                             temperature=0.05))
+    np.testing.assert_allclose(_local(feats, labels, queries, 2.0, (4, 4), 10, 0.05, True),
+                               want, rtol=0, atol=1e-5)
+
+
+def test_local_tiles_cover_the_radius():
+    h, w, radius = 13, 17, 3.5
+    tiles = L.local_tiles(h, w, radius, (4, 5))
+    t, p = tiles.query_index.shape
+    assert tiles.allowed.shape == (t, p, tiles.key_index.shape[1])
+    assert tiles.key_index.shape[1] == (4 + 6) * (5 + 6)
+    np.testing.assert_array_equal(tiles.query_index.ravel()[tiles.slot], np.arange(h * w))
+    assert np.all(np.diff(tiles.key_index, axis=1) > 0)  # increasing: `vote`'s tie order
+    dense = L.radius_mask(h, w, radius)
+    for i in range(t):
+        # Every key within the radius of a tile query lies in the tile's region, and `allowed`
+        # is the dense mask restricted to the region.
+        rows = dense[tiles.query_index[i]]  # (P, N)
+        assert rows.sum() == tiles.allowed[i].sum()
+        np.testing.assert_array_equal(rows[:, tiles.key_index[i]], tiles.allowed[i])
+
+
+def test_radius_mask_counts():
+    mask = L.radius_mask(5, 5, 1)
+    assert mask.shape == (25, 25)
+    assert mask[12].sum() == 5        # centre: itself + 4 neighbours
+    assert mask[0].sum() == 3         # corner
+    assert L.radius_mask(5, 5, 0).sum() == 25
+
+
+def test_propagate_step_shapes_and_minmax():
+    rng = np.random.default_rng(1)
+    feats = random_unit(rng, 3, 4, 6, 8).astype("float32")
+    labels = rng.uniform(size=(3, 4, 6, 2)).astype("float32")
+    query = random_unit(rng, 4, 6, 8).astype("float32")
+    out = np.asarray(L.propagate_step(feats, labels, query, topk=3, temperature=0.1,
+                                      radius_mask=L.radius_mask(4, 6, 2.0),
+                                      short_term=np.array([False, True, True]), minmax=True))
+    assert out.shape == (4, 6, 2)
+    np.testing.assert_allclose(out.reshape(-1, 2).min(0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(out.reshape(-1, 2).max(0), 1.0, atol=1e-6)
