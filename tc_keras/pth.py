@@ -11,7 +11,8 @@ Two on-disk formats exist:
   then for each key in that order an 8-byte element count and the storage's raw bytes.
 
 A tensor is pickled as `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`;
-this reader turns it into a NumPy array (a copy, C order). The unpickler is restricted: it
+this reader turns it into a NumPy array (a copy, C order), whatever device it was saved from
+(`torch.cuda.*Storage`, location "cuda:0": read like CPU storages). The unpickler is restricted: it
 resolves only the globals a checkpoint of model weights needs (`ALLOWED_GLOBALS`), each mapped
 to a function of this module, so no code named by the file is ever imported or run; any other
 global is an error naming the file and the global.
@@ -103,6 +104,8 @@ ALLOWED_GLOBALS = {
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     **{("torch", name): _StorageType(name) for name in STORAGE_DTYPES},
+    # Tensors saved from a GPU (both releases were trained on GPUs): read into host memory.
+    **{("torch.cuda", name): _StorageType(name) for name in STORAGE_DTYPES},
 }
 
 

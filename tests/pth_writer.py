@@ -49,17 +49,19 @@ class Strided:
 class _Writer(pickle._Pickler):  # noqa: SLF001 (see the module docstring)
     dispatch = dict(pickle._Pickler.dispatch)  # noqa: SLF001
 
-    def __init__(self, file, legacy, py2_strings):
+    def __init__(self, file, legacy, py2_strings, cuda):
         super().__init__(file, protocol=2)
         self.legacy = legacy
         self.py2_strings = py2_strings
+        self.cuda = cuda
         self.storages = {}  # id(storage array) -> (key, array)
 
     def persistent_id(self, obj):
         if not isinstance(obj, np.ndarray) or obj.ndim != 1 or id(obj) not in self.storages:
             return None
         key, array = self.storages[id(obj)]
-        pid = ("storage", Global("torch", STORAGE_TYPES[array.dtype]), key, "cpu", array.size)
+        module, location = ("torch.cuda", "cuda:0") if self.cuda else ("torch", "cpu")
+        pid = ("storage", Global(module, STORAGE_TYPES[array.dtype]), key, location, array.size)
         return pid + (None,) if self.legacy else pid
 
     def _register(self, storage):
@@ -100,16 +102,20 @@ class _Writer(pickle._Pickler):  # noqa: SLF001 (see the module docstring)
     dispatch[str] = save_py2_str
 
 
-def _pickle(obj, legacy, py2_strings):
+def _pickle(obj, legacy, py2_strings, cuda=False):
     buffer = io.BytesIO()
-    writer = _Writer(buffer, legacy, py2_strings)
+    writer = _Writer(buffer, legacy, py2_strings, cuda)
     writer.dump(obj)
     return buffer.getvalue(), list(writer.storages.values())
 
 
-def write_pth(path, obj, legacy=False, py2_strings=False):
-    """Writes `obj` (dicts, lists, numbers, str, NumPy arrays) as torch.save would."""
-    data, storages = _pickle(obj, legacy, py2_strings)
+def write_pth(path, obj, legacy=False, py2_strings=False, cuda=False):
+    """Writes `obj` (dicts, lists, numbers, str, NumPy arrays) as torch.save would.
+
+    `cuda`: as saved from GPU tensors (torch.cuda.*Storage, location "cuda:0"), as a model
+    trained on GPUs and saved without moving it to the CPU is.
+    """
+    data, storages = _pickle(obj, legacy, py2_strings, cuda)
     if not legacy:
         with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
             archive.writestr("archive/data.pkl", data)

@@ -40,8 +40,8 @@ def _write(release, backend, path):
         torch = pytest.importorskip("torch", reason="torch (extra 'test') writes real .pth files")
         tensors = type(state)((k, torch.from_numpy(v)) for k, v in state.items())
         torch.save(wrap(tensors), path, _use_new_zipfile_serialization=not legacy)
-    else:  # Python 2 strings too for the 2019 TimeCycle release (PyTorch 0.4, Python 2)
-        write_pth(path, wrap(state), legacy=legacy, py2_strings=legacy)
+    else:  # saved from GPU tensors, as both were; Python 2 strings for the 2019 TimeCycle release
+        write_pth(path, wrap(state), legacy=legacy, py2_strings=legacy, cuda=True)
     return state
 
 

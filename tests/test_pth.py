@@ -39,10 +39,13 @@ def _expected(obj):
     return want
 
 
-@pytest.mark.parametrize("legacy,py2", [(False, False), (True, False), (True, True)])
-def test_reads_both_formats_without_torch(tmp_path, legacy, py2):
+@pytest.mark.parametrize("legacy,py2,cuda", [
+    (False, False, False), (True, False, False),
+    (True, True, True),  # PyTorch 0.4 under Python 2, saved from the GPU (the TimeCycle release)
+    (False, False, True)])
+def test_reads_both_formats_without_torch(tmp_path, legacy, py2, cuda):
     obj = _sample()
-    path = write_pth(tmp_path / "ckpt.pth", obj, legacy=legacy, py2_strings=py2)
+    path = write_pth(tmp_path / "ckpt.pth", obj, legacy=legacy, py2_strings=py2, cuda=cuda)
     got = pth.load(path)
     assert type(got["state_dict"]) is collections.OrderedDict
     assert list(got["state_dict"]) == list(obj["state_dict"])
