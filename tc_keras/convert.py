@@ -96,7 +96,7 @@ def _expected(pairs, time_kernel, tracker):
             n = layer.gamma.shape[0]
             for name in ("weight", "bias", "running_mean", "running_var"):
                 shapes[f"{stem}.{name}"] = (n,)
-    if tracker:
+    if tracker:  # the Localizer of PAPER.md: conv 900->128 k4, conv 128->64 k4, dense 1024->3
         n = TRACKER_FEATURE_SIZE ** 2
         shapes.update({"afterconv3_trans.weight": (128, n, 4, 4),
                        "afterconv4_trans.weight": (64, 128, 4, 4),
