@@ -62,6 +62,8 @@ class TimeCycle(keras.Model):
         run on its initial moving statistics gives nearly parallel features (mean cosine 0.85).
       grad_clip_norm: clip the all-replica gradient to this global norm (None: no clipping).
       sync_batchnorm: encoder BatchNorm statistics over all replicas (see ResNetEncoder).
+      encoder_padding: the encoder's padding mode (ResNetEncoder `padding`): "same" for models
+        trained here, "zeros" for the converted TimeCycle release (tc_keras/convert.py).
 
     Call arguments:
       inputs: dict with `past` (B, k, H, W, 3), `target` (B, H, W, 3), `patch` (B, P, P, 3).
@@ -79,7 +81,7 @@ class TimeCycle(keras.Model):
                  sim_weight=tlosses.SIM_WEIGHT, self_weight=tlosses.SELF_WEIGHT,
                  sim_theta_grad=True, temperature=AFFINITY_TEMPERATURE,
                  freeze_encoder=False, grad_clip_norm=GRAD_CLIP_NORM, sync_batchnorm=False,
-                 **kwargs):
+                 encoder_padding="same", **kwargs):
         super().__init__(**kwargs)
         if similarity not in tlosses.SIMILARITIES:
             raise ValueError(f"similarity must be one of {tlosses.SIMILARITIES}, got {similarity!r}")
@@ -101,9 +103,11 @@ class TimeCycle(keras.Model):
         self.freeze_encoder = freeze_encoder
         self.grad_clip_norm = grad_clip_norm
         self.sync_batchnorm = sync_batchnorm
+        self.encoder_padding = encoder_padding
         self.feature_size = crop_size // FEATURE_STRIDE
         self.patch_cells = patch_cells(crop_size)
-        self.encoder = ResNetEncoder(depth=depth, sync_batchnorm=sync_batchnorm, name="encoder")
+        self.encoder = ResNetEncoder(depth=depth, sync_batchnorm=sync_batchnorm,
+                                     padding=encoder_padding, name="encoder")
         # The tracker's coordinates need float32 even under a mixed-precision policy.
         self.tracker = Tracker(patch_size=(self.patch_cells, self.patch_cells),
                                temperature=temperature, name="tracker", dtype="float32")
@@ -256,6 +260,7 @@ class TimeCycle(keras.Model):
                       skip_weight=self.skip_weight, sim_weight=self.sim_weight,
                       self_weight=self.self_weight, sim_theta_grad=self.sim_theta_grad,
                       temperature=self.temperature, freeze_encoder=self.freeze_encoder,
-                      grad_clip_norm=self.grad_clip_norm, sync_batchnorm=self.sync_batchnorm)
+                      grad_clip_norm=self.grad_clip_norm, sync_batchnorm=self.sync_batchnorm,
+                      encoder_padding=self.encoder_padding)
         return config
 

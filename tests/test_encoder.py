@@ -53,3 +53,39 @@ def test_saved_encoder_model_loads_with_same_outputs(tmp_path):
     model.save(tmp_path / "encoder.keras")
     loaded = keras.saving.load_model(tmp_path / "encoder.keras")
     np.testing.assert_allclose(np.asarray(loaded(x)), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,channels", [
+    (dict(padding="reflect", out_channels=None), 256),  # the CRW release's options
+    (dict(padding="zeros", out_channels=16), 16),
+])
+def test_layer_check_padding_and_projection_options(kwargs, channels):
+    x = np.random.default_rng(0).normal(size=(2, 32, 24, 3)).astype(np.float32)
+    run_layer_check(ResNetEncoder, dict(depth=18, normalize=False, **kwargs), x,
+                    (2, 4, 3, channels))
+
+
+def test_no_projection_counts_the_trunk_only():
+    enc = ResNetEncoder(depth=18, out_channels=None, padding="reflect")
+    assert enc(np.zeros((1, 40, 48, 3), np.float32)).shape == (1, 5, 6, 256)
+    trainable = sum(int(np.prod(w.shape)) for w in enc.trainable_weights)
+    assert trainable == PARAMS[18]["trainable"] - 256 * 512  # the trunk, as pinned above
+
+
+def test_zero_padding_equals_same_only_where_keras_pads_symmetrically():
+    """Keras' "same" pads stride-2 layers symmetrically on odd sizes (25 -> 13 -> 7, 41 -> 21
+    -> 11), asymmetrically on even ones: "zeros" (PyTorch's) agrees with it on the first."""
+    same = ResNetEncoder(depth=18)
+    zeros = ResNetEncoder(depth=18, padding="zeros")
+    rng = np.random.default_rng(0)
+    odd = rng.normal(size=(1, 25, 41, 3)).astype(np.float32)
+    even = rng.normal(size=(1, 32, 32, 3)).astype(np.float32)
+    same(odd), zeros(odd)
+    zeros.set_weights(same.get_weights())
+    np.testing.assert_allclose(np.asarray(zeros(odd)), np.asarray(same(odd)), atol=1e-5)
+    assert np.abs(np.asarray(zeros(even)) - np.asarray(same(even))).max() > 1e-2
+
+
+def test_bad_padding_is_a_clear_error():
+    with pytest.raises(ValueError, match="padding"):
+        ResNetEncoder(depth=18, padding="circular")

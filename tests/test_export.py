@@ -3,6 +3,7 @@
 import os
 import subprocess
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,6 +11,7 @@ import tensorflow as tf
 from tc_keras import encoder_io
 from tc_keras import export
 from tc_keras import runtimes as runtime_lib
+from tc_keras.encoder import ResNetEncoder
 from tc_keras.label_step import local_tiles, radius_mask, vote, vote_local
 
 # Float32 features: Keras vs SavedModel vs TFLite differ by kernel summation order only
@@ -154,6 +156,28 @@ def test_tflite_builtin_ops_only(exported):
         assert {"CONV_2D", "L2_NORMALIZATION", "TOPK_V2", "GATHER", "SELECT_V2", "BATCH_MATMUL",
                 "TRANSPOSE"} <= names, names
         assert not [n for n in names if n.startswith("Flex") or n == "CUSTOM"], (key, names)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("padding,out_channels,pad_op", [
+    ("zeros", 512, "PAD"),  # the TimeCycle release's options
+    ("reflect", None, "MIRROR_PAD"),  # the CRW release's
+])
+def test_tflite_builtin_ops_only_with_release_options(tmp_path, padding, out_channels, pad_op):
+    """Symmetric padding and no projection (tc_keras/convert.py) export to builtins, same features."""
+    keras.utils.set_random_seed(0)
+    encoder = keras.Sequential([keras.Input((None, None, 3)), ResNetEncoder(
+        depth=18, padding=padding, out_channels=out_channels)])
+    written = export.export(encoder, tmp_path / "tc")
+    names = export.tflite_ops(written["tflite"])
+    assert pad_op in names, names
+    assert not [n for n in names if n.startswith("Flex") or n == "CUSTOM"], names
+    frames = _frames(1, 56, 88)
+    want = np.asarray(encoder_io.make_embed(encoder)(frames))
+    assert want.shape == (1, 7, 11, out_channels or 256)
+    for runtime in (runtime_lib.SavedModelRuntime(written["saved_model"].parent),
+                    runtime_lib.TFLiteRuntime(written["tflite"])):
+        np.testing.assert_allclose(runtime.embed(frames), want, atol=FP32_ATOL)
 
 
 def test_converter_refuses_flex_ops(tmp_path):
