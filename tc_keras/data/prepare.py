@@ -326,8 +326,7 @@ def check_shard(path):
             count += 1
     except (tf.errors.DataLossError, tf.errors.OutOfRangeError,
             tf.errors.InvalidArgumentError) as e:
-        first = str(e.message if hasattr(e, "message") else e).strip().splitlines()[0]
-        return f"truncated or corrupt after {count} good records ({first})"
+        return f"truncated or corrupt after {count} good records ({_tf_reason(e)})"
     meta_path = pathlib.Path(path).with_suffix(".json")
     if meta_path.is_file():
         try:
@@ -337,6 +336,14 @@ def check_shard(path):
         if count != expected:
             return f"{count} records, its .json lists {expected} videos (cut short?)"
     return None
+
+
+def _tf_reason(error):
+    """The gist of a tf.data reading error: "truncated record at byte 1620106" and the like."""
+    text = (getattr(error, "message", None) or str(error)).strip().splitlines()[0]
+    text = re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:.*$", "", text)  # graph-node prefix, op suffix
+    m = re.search(r"truncated record at (\d+)", text)
+    return f"a record cut short at byte {m.group(1)}" if m else text
 
 
 def verify(path):
