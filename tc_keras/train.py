@@ -23,8 +23,8 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from tc_keras import atomic  # noqa: E402
-from tc_keras import config as tconfig  # noqa: E402
 from tc_keras import checkpoints  # noqa: E402
+from tc_keras import config as tconfig  # noqa: E402
 from tc_keras.checkpoints import CONFIG_FILE, training_checkpoint  # noqa: E402
 from tc_keras.data import pipeline, prepare, synthetic  # noqa: E402
 from tc_keras.encoder_io import ENCODER_FILE, save_encoder  # noqa: E402
