@@ -15,6 +15,15 @@ from tc_keras import config as tconfig
 
 CONFIG_FILE = "config.json"
 
+# Flags that may change when a workdir is run again: how long and with what logging the run goes
+# on, on which devices, and on which data. Every other flag (the model, its losses, the
+# optimizer, the clip sampling, the seed) fixes what the checkpoints hold and must match the
+# workdir's config.json; a new flag added to tc_keras.config is fixed unless listed here.
+RESUMABLE = frozenset({
+    "workdir", "train_steps", "epochs", "checkpoint_every", "log_every", "image_every",
+    "strategy", "data", "synthetic_videos", "synthetic_frames", "synthetic_size",
+    "shuffle_buffer", "deterministic"})
+
 
 def training_checkpoint(model, **extra):
     """The tf.train.Checkpoint of a training run: model, optimizer and every model variable.
@@ -62,3 +71,42 @@ def restore_training_model(workdir, checkpoint=""):
     model.compile()  # builds the optimizer: older checkpoints hold the weights only through it
     training_checkpoint(model).restore(path).expect_partial()
     return model, path
+
+
+def _shown(value):
+    """A value as it is typed on the command line."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def config_conflicts(workdir, config):
+    """["--encoder: resnet18 (stored) vs resnet50 (given)", ...]: flags outside RESUMABLE whose
+    value differs from `<workdir>/config.json`; [] when the workdir has no config.json yet.
+    Fields the stored file lacks (written before they existed) are not compared."""
+    path = pathlib.Path(workdir) / CONFIG_FILE
+    if not path.is_file():
+        return []
+    try:
+        stored = json.loads(path.read_text())
+    except ValueError as e:
+        return [f"{path} is not readable JSON ({e})"]
+    out = []
+    for section, values in config.to_dict().items():
+        old = stored.get(section, {})
+        for name, value in values.items():
+            if name in RESUMABLE or name not in old or old[name] == value:
+                continue
+            out.append(f"--{name}: {_shown(old[name])} (stored) vs {_shown(value)} (given)")
+    return out
+
+
+def checkpoint_problem(path):
+    """None if every tensor of checkpoint `path` (a prefix such as .../ckpt-30) reads back, else
+    a one-line reason (a .index or .data file cut short, missing or corrupt)."""
+    try:
+        reader = tf.train.load_checkpoint(str(path))
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (tf.errors.OpError, IndexError, ValueError) as e:
+        message = getattr(e, "message", None) or str(e) or type(e).__name__
+        return f"{type(e).__name__}: {message.strip().splitlines()[0]}"
+    return None

@@ -1,17 +1,96 @@
 """What the command-line entry points share: a quiet TensorFlow start-up and one-line errors.
 
-Import it before anything that imports TensorFlow (it sets TF_CPP_MIN_LOG_LEVEL, unless the user
-set it, so that TensorFlow's C++ start-up lines about oneDNN and CPU features stay out of the
-way), then hand the absl main to `run`.
+Import it before anything that imports TensorFlow, then hand the absl main to `run`. It keeps
+TensorFlow's start-up noise out of the way: TF_CPP_MIN_LOG_LEVEL=2 (unless the user set it) for
+TensorFlow's C++ logging once it is set up; the lines TensorFlow 2.21 prints while it loads,
+before that setting is read (absl's "All log messages before absl::InitializeLog()", oneDNN and
+CPU-feature notes), are dropped from `import tensorflow`'s output (anything else it prints, and
+all of it if the import fails, is written back); and TensorFlow's Python INFO lines (checkpoint
+sharding timings) are hidden.
 """
 
+import contextlib
+import importlib.abc
+import importlib.util
+import logging
 import os
+import re
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+
+# C++ log lines (severity letter, date or 0000) and absl's line about logging before set-up.
+_CPP_LOG = re.compile(r"^([IWEF])\d{4} ")
+_BEFORE_INIT = "WARNING: All log messages before absl::InitializeLog()"
+
+
+def _drop_startup_noise(text, min_level):
+    """`text` without the C++ log records below `min_level` (0 I, 1 W, 2 E) and their
+    continuation lines, nor absl's line about logging before InitializeLog."""
+    kept, dropping = [], False
+    for line in text.splitlines(keepends=True):
+        m = _CPP_LOG.match(line)
+        if m:
+            dropping = "IWEF".index(m.group(1)) < min_level
+        elif line.startswith(_BEFORE_INIT):
+            dropping = True
+            continue
+        if not dropping:
+            kept.append(line)
+    return "".join(kept)
+
+
+@contextlib.contextmanager
+def _filtered_stderr():
+    """Captures file descriptor 2 (C++ and Python output) and writes it back without the noise."""
+    try:
+        min_level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        min_level = 0
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode(errors="replace")
+            sys.stderr.write(_drop_startup_noise(text, min_level) if ok else text)
+            sys.stderr.flush()
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Runs the first `import tensorflow` inside `_filtered_stderr`."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            exec_module = spec.loader.exec_module
+
+            def quiet_exec_module(module):
+                with _filtered_stderr():
+                    exec_module(module)
+            spec.loader.exec_module = quiet_exec_module
+        return spec
+
+
+if "tensorflow" not in sys.modules and not any(
+        isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+    sys.meta_path.insert(0, _QuietTensorFlowImport())
+logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 # Errors a user causes (a missing or corrupt file, a bad flag value, a wrong mask): the library
 # raises them as ValueError (VideoError and LabelError are ValueErrors) or OSError, with a message

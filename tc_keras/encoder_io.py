@@ -45,7 +45,7 @@ def load_encoder(spec, depth=18, seed=0):
     return None if encoder is None else make_embed(encoder)
 
 
-def load_encoder_model(spec, depth=18, seed=0):
+def load_encoder_model(spec, depth=18, seed=0, flag="--encoder"):
     """The encoder model named by a command-line spec (the one checkpoint loader of the project).
 
     Args:
@@ -57,6 +57,7 @@ def load_encoder_model(spec, depth=18, seed=0):
         `encoder.keras` if present, else the newest).
       depth: 18 or 50, for "random" and `.weights.h5`.
       seed: initialisation seed for "random".
+      flag: the command-line flag that gave `spec`, named in error messages.
     Returns:
       None ("identity") or a keras model mapping ImageNet-normalised float frames (B, H, W, 3)
       to L2-normalised features (B, H/8, W/8, C).
@@ -78,11 +79,11 @@ def load_encoder_model(spec, depth=18, seed=0):
         found = sorted([*path.glob("*.keras"), *path.glob("*.weights.h5")],
                        key=lambda p: p.stat().st_mtime)
         if not found:
-            raise ValueError(f"--encoder {spec}: folder has no .keras or .weights.h5 file")
+            raise ValueError(f"{flag} {spec}: folder has no .keras or .weights.h5 file")
         path = found[-1]
     if not path.is_file():
-        raise ValueError(f"--encoder {spec}: not 'identity', 'random' or an existing file/folder "
-                         f"(expected {ENCODER_CHOICES})")
+        expected = f" (expected {ENCODER_CHOICES})" if flag == "--encoder" else ""
+        raise ValueError(f"{flag} {spec}: no such file or folder{expected}")
     try:
         if path.name.endswith(".weights.h5"):
             encoder = ResNetEncoder(depth=depth)
@@ -93,5 +94,5 @@ def load_encoder_model(spec, depth=18, seed=0):
         else:
             raise ValueError(f"unknown file type (expected {ENCODER_CHOICES})")
     except (ValueError, OSError, KeyError, TypeError) as e:
-        raise ValueError(f"--encoder {path}: cannot load ({str(e).splitlines()[0]})") from None
+        raise ValueError(f"{flag} {path}: cannot load ({str(e).splitlines()[0]})") from None
     return model if path.name.endswith(".weights.h5") else encoder

@@ -5,12 +5,19 @@ Masks are PNG files:
   kept so that outputs look like the input;
 - 8-bit grayscale (mode "L") with values 0 and 255 only (DAVIS-2016): one object; it is read as
   id 1 and written back as 0/255 grayscale;
-- other grayscale PNGs: the values are object ids and are written back as grayscale.
+- other grayscale PNGs: the values are object ids and are written back as grayscale, if they
+  look like ids: at most MAX_GRAYSCALE_IDS distinct non-zero values, none of them 255. Anything
+  else (255 beside other non-zero values, or many values) is a soft mask, anti-aliased or
+  resized with interpolation, whose edge values would each become an object: `read_mask` raises
+  LabelError naming the file and its number of distinct values, unless a `threshold` is given
+  (tools/propagate.py --threshold T): then values >= T are the one object, < T background.
+  Indexed PNGs always keep their ids (the threshold does not apply to them).
 In indexed masks id 255 marks "void" pixels (the DAVIS convention: objects are 1..n): evaluation
 ignores them and propagation treats them as background (`split_void`).
 
-Keypoints JSON (the format of jhmdb-catch/joints.json): {"image_size": [W, H], "joint_names":
-[...], "joints": [[[x, y] * J] * T]} with x, y in pixels; null or NaN for a missing joint.
+Keypoints JSON: {"image_size": [W, H], "joint_names": [...], "joints": [[[x, y] * J] * T]} with
+x, y in pixels (0 <= x <= W, 0 <= y <= H); null or NaN for a missing joint. `check_keypoints`
+rejects an annotated joint outside the frames (it would be propagated from a clamped position).
 
 Errors a user can cause raise `LabelError` (a ValueError) naming the file and what was expected.
 """
@@ -27,6 +34,9 @@ from PIL import Image
 
 # Void label of indexed (palette) annotations (PAPER.md, "Metrics": DAVIS void).
 VOID_ID = 255
+# A grayscale mask with more distinct non-zero values than this is not a set of object ids
+# (DAVIS-2017 sequences have at most 10 objects).
+MAX_GRAYSCALE_IDS = 16
 
 
 def _davis_palette(num_colors=256):
@@ -69,8 +79,14 @@ class MaskFormat:
 DAVIS_MASK = MaskFormat(palette=DAVIS_PALETTE)
 
 
-def read_mask(path):
-    """(H, W) uint8 object ids and the `MaskFormat` of a mask PNG (see the module docstring)."""
+def read_mask(path, threshold=None):
+    """(H, W) uint8 object ids and the `MaskFormat` of a mask PNG (see the module docstring).
+
+    Args:
+      path: the PNG.
+      threshold: for grayscale masks, values >= threshold are the one object (1..255); None
+        reads 0/255 as one object and a few small values as ids, and refuses a soft mask.
+    """
     path = pathlib.Path(path)
     if not path.is_file():
         raise LabelError(f"{path}: no such mask file")
@@ -89,10 +105,26 @@ def read_mask(path):
     if mode != "L":
         raise LabelError(f"{path}: a {mode} image; expected an indexed (palette) PNG with object "
                          "ids or an 8-bit grayscale PNG (0 = background, 255 = object)")
+    if threshold is not None:
+        if not 1 <= threshold <= 255:
+            raise LabelError(f"{path}: threshold {threshold} is outside 1..255")
+        return (ids >= threshold).astype(np.uint8), MaskFormat(binary255=True)
     values = np.unique(ids)
     if values.max(initial=0) == 255 and set(values.tolist()) <= {0, 255}:
         return (ids > 0).astype(np.uint8), MaskFormat(binary255=True)
+    objects = values[values > 0]
+    if len(objects) > MAX_GRAYSCALE_IDS or (255 in objects and len(objects) > 1):
+        raise LabelError(
+            f"{path}: grayscale mask with {len(values)} distinct values ({_some(values)}): a soft "
+            f"(anti-aliased or resized) mask, not 0/255 or up to {MAX_GRAYSCALE_IDS} object ids; "
+            "binarise it with --threshold T (tools/propagate.py: values >= T are the object) or "
+            "save an indexed (palette) PNG of ids")
     return ids.astype(np.uint8), MaskFormat()
+
+
+def _some(values, n=6):
+    shown = ", ".join(str(v) for v in values[:n])
+    return shown + (f", ..., {values[-1]}" if len(values) > n else "")
 
 
 def split_void(ids, fmt):
@@ -127,6 +159,24 @@ def check_mask(path, ids, frame_size):
                          f"{frame_size[1]}x{frame_size[0]}; the first-frame mask must match")
     if not np.any(ids):
         raise LabelError(f"{path}: the mask has no object (every pixel is background 0)")
+
+
+def check_keypoints(path, joints, frame_size, names=None, frame=0):
+    """Raises LabelError unless every annotated joint of (J, 2) `joints` lies in the frames.
+
+    Args:
+      path: the keypoints file (named in the message); joints: one frame's (x, y) pixels, NaN
+        for a missing joint; frame_size: (H, W) of the video; names: joint names or None;
+      frame: the frame index, for the message.
+    """
+    h, w = frame_size
+    for j, (x, y) in enumerate(np.asarray(joints, np.float64)):
+        if np.isnan(x) or np.isnan(y) or (0 <= x <= w and 0 <= y <= h):
+            continue
+        name = f" ({names[j]})" if names and j < len(names) else ""
+        raise LabelError(f"{path}: joint {j}{name} of frame {frame} is at ({x:g}, {y:g}), outside "
+                         f"the {w}x{h} frames (0 <= x <= {w}, 0 <= y <= {h}); fix it or write "
+                         "null for a joint that is not visible")
 
 
 def read_keypoints(path):

@@ -126,9 +126,12 @@ class TFLiteRuntime:
     """
 
     def __init__(self, path, num_threads=None):
-        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415 (optional dependency)
-
         path = pathlib.Path(path)
+        try:
+            from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415 (optional)
+        except ModuleNotFoundError:
+            raise ValueError(f"cannot run {path}: install the litert extra (pip install -e "
+                             "'.[litert]', or pip install ai-edge-litert)") from None
         if not path.is_file():
             raise ValueError(f"{path}: no such .tflite file")
         self.path = path

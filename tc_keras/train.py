@@ -3,9 +3,13 @@
 The workdir holds everything of a run: `config.json` (the resolved config), `ckpt/` (model,
 optimizer, step and config in a tf.train.Checkpoint), `encoder.keras` (the encoder alone, for
 tools/propagate.py and tools/export.py), `tb/` (TensorBoard) and, for `--data=synthetic`, `data/`.
-Running the same command again resumes from the last checkpoint, step and optimizer state intact.
+Running the same command again resumes from the newest checkpoint that reads back whole, step and
+optimizer state intact. The model flags of a rerun must match the workdir's config.json
+(tc_keras.checkpoints.RESUMABLE lists those that may change); a truncated or corrupt shard is
+named. Such problems stop the run with one `error:` line and leave the workdir as it was.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -19,11 +23,16 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from tc_keras import atomic  # noqa: E402
+from tc_keras import checkpoints  # noqa: E402
 from tc_keras import config as tconfig  # noqa: E402
 from tc_keras.checkpoints import CONFIG_FILE, training_checkpoint  # noqa: E402
 from tc_keras.data import pipeline, prepare, synthetic  # noqa: E402
 from tc_keras.encoder_io import ENCODER_FILE, save_encoder  # noqa: E402
 from tc_keras.monitor import RotationRamp, TrainingMonitor  # noqa: E402
+
+
+class RunError(Exception):
+    """A run that cannot go on for a reason the user can fix; the message names the file or flag."""
 
 
 def make_strategy(name):
@@ -124,11 +133,54 @@ def run(config):
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     strategy = make_strategy(t.strategy)
     out_dir = task_dir(t.workdir, strategy)
+    conflicts = checkpoints.config_conflicts(out_dir, config)  # before anything is written
+    if conflicts:
+        raise RunError(f"{out_dir} holds a run with other flags: {'; '.join(conflicts)}. Rerun "
+                       "with the stored values, or use a new --workdir")
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out_dir / CONFIG_FILE, config.to_json() + "\n")
 
     # Each task of a multi-worker run generates its own (identical, seeded) synthetic corpus.
     shards = resolve_data(config, out_dir)
+    with _naming_bad_shards(shards):
+        return _train(config, strategy, out_dir, shards)
+
+
+@contextlib.contextmanager
+def _naming_bad_shards(shards):
+    """Turns tf.data's DataLossError (no file named) into a RunError naming the bad shard."""
+    try:
+        yield
+    except tf.errors.DataLossError as e:
+        logging.info("Reading the %d shard(s) to find the bad one", len(shards))
+        for shard in shards:
+            reason = prepare.check_shard(shard)
+            if reason:
+                raise RunError(prepare.bad_shard_message(shard, reason)) from None
+        raise RunError(f"training data: {e.message.strip().splitlines()[0]} (check the shards "
+                       "with tools/prepare_vlog.py --verify --out DIR)") from None
+
+
+def _restore_newest_intact(checkpoint, manager):
+    """Restores the newest checkpoint of `manager` whose every tensor reads back; returns its path
+    (None for a fresh run). Each one that does not is named in a warning; none raises RunError."""
+    bad = []
+    for path in reversed(manager.checkpoints):
+        problem = checkpoints.checkpoint_problem(path)
+        if problem is None:
+            checkpoint.restore(path).expect_partial()
+            logging.info("Resumed from %s", path)
+            return path
+        logging.warning("Cannot restore %s (%s); trying the checkpoint before it", path, problem)
+        bad.append(f"{pathlib.Path(path).name} ({problem})")
+    if bad:
+        raise RunError(f"{manager.directory}: no checkpoint restores: {'; '.join(bad)}. Move "
+                       "that folder away to start the run again from step 0")
+    return None
+
+
+def _train(config, strategy, out_dir, shards):
+    t = config.train
     num_videos = count_videos(shards)
     steps = total_steps(config, num_videos)
     logging.info("%d shard(s), %d videos, %d steps of %d clips on %d replica(s)", len(shards),
@@ -143,9 +195,7 @@ def run(config):
     checkpoint = training_checkpoint(
         model, config=tf.Variable(config.to_json(), trainable=False))
     manager = tf.train.CheckpointManager(checkpoint, str(out_dir / "ckpt"), max_to_keep=3)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).expect_partial()
-        logging.info("Resumed from %s", manager.latest_checkpoint)
+    _restore_newest_intact(checkpoint, manager)
     step = int(model.optimizer.iterations.numpy())
     if step >= steps:
         logging.info("Already at step %d of %d: nothing to do", step, steps)
@@ -182,8 +232,9 @@ def run(config):
                                 rotation_scale=rotation_scale)
             monitor.stop_at = until
             per_epoch = min(t.checkpoint_every, until - step)
+            # shuffle=False: the dataset shuffles itself (fit's default True only warns).
             model.fit(data, epochs=math.ceil((until - step) / per_epoch),
-                      steps_per_epoch=per_epoch, callbacks=callbacks, verbose=0)
+                      steps_per_epoch=per_epoch, callbacks=callbacks, verbose=0, shuffle=False)
             step = int(model.optimizer.iterations.numpy())
     except FloatingPointError:
         finite = False
@@ -217,12 +268,27 @@ def main(argv):
     except ValueError as e:
         raise app.UsageError(str(e))
     try:
-        run(config)
+        step = run(config)
     except FloatingPointError as e:
         logging.error("%s", e)
         cli.fail(e)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, RunError) as e:
         cli.fail(e)
+    next_steps(config.train.workdir, step)
+
+
+def next_steps(workdir, step):
+    """Says where the encoder is and the commands that use it (the end of a run)."""
+    encoder = pathlib.Path(workdir) / ENCODER_FILE
+    if not encoder.is_file():
+        return
+    logging.info("Done at step %d: encoder in %s", step, encoder)
+    name = pathlib.Path(workdir).name
+    print(f"Training done (step {step}). Encoder: {encoder}\n"
+          "Next, propagate a first-frame mask through a video, or export the encoder:\n"
+          f"  python tools/propagate.py --video clip.mp4 --labels first_mask.png --out out/{name} "
+          f"--encoder {workdir}\n"
+          f"  python tools/export.py --checkpoint {workdir} --out export/{name}", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import pytest
 from tc_keras import checkpoints
 from tc_keras import config as tconfig
 from tc_keras.checkpoints import training_checkpoint
+from tests import broken_files
 from tests.test_model import small_model
 
 
@@ -27,6 +28,30 @@ def test_training_checkpoint_restores_every_variable(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
 
 
+@pytest.mark.parametrize("part", ["data-00000-of-00001", "index"])
+def test_checkpoint_problem_names_a_cut_file(tmp_path, part):
+    path = training_checkpoint(small_model(num_past=1)).save(str(tmp_path / "ckpt"))
+    assert checkpoints.checkpoint_problem(path) is None
+    broken_files.cut(f"{path}.{part}")
+    problem = checkpoints.checkpoint_problem(path)
+    # Restoring it raised a bare IndexError ("Read less bytes than requested") or an OpError.
+    assert problem and problem.split(":")[0] in ("IndexError", "DataLossError", "OpError")
+    assert checkpoints.checkpoint_problem(tmp_path / "nothing-1") is not None
+
+
+def test_config_conflicts_name_each_fixed_flag(tmp_path):
+    cfg = tconfig.Config(tconfig.DataConfig(), tconfig.ModelConfig(encoder="resnet18"),
+                         tconfig.TrainConfig(workdir=str(tmp_path)))
+    assert checkpoints.config_conflicts(tmp_path, cfg) == []  # a new workdir
+    (tmp_path / checkpoints.CONFIG_FILE).write_text(cfg.to_json())
+    other = tconfig.Config(
+        tconfig.DataConfig(crop_size=168, resize_short=192, data="elsewhere"),
+        tconfig.ModelConfig(encoder="resnet50", sync_batchnorm=True),
+        tconfig.TrainConfig(workdir="moved", train_steps=99, checkpoint_every=7))
+    assert checkpoints.config_conflicts(tmp_path, other) == [
+        "--crop_size: 240 (stored) vs 168 (given)", "--resize_short: 256 (stored) vs 192 (given)",
+        "--encoder: resnet18 (stored) vs resnet50 (given)",
+        "--sync_batchnorm: false (stored) vs true (given)"]
 
 
 def test_restore_training_model_from_a_workdir(tmp_path):

@@ -3,14 +3,17 @@
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tc_keras.data import prepare, synthetic
+from tc_keras.data import pool, prepare, synthetic
+from tests import broken_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -159,7 +162,7 @@ def test_worker_crash_fails_only_that_video():
     crash = "__import__('os')._exit(1)"
     jobs = [(f"s{i // 3}", x) for i, x in enumerate(
         ["'a' * 2", "'b' * 2", crash, "'c' * 2", "'d' * 2", "'e' * 2", "'f' * 2"])]
-    results = list(prepare._ordered(jobs, workers=2, fn=eval))
+    results = list(pool.ordered(jobs, workers=2, fn=eval))
     assert [name for name, _ in results] == [name for name, _ in jobs]
     values = [r for _, r in results]
     assert values[:2] == ["aa", "bb"] and values[3:] == ["cc", "dd", "ee", "ff"]
@@ -191,3 +194,117 @@ def test_list_file_with_frame_folders_and_their_frame_rate(tmp_path):
     (tmp_path / "nofps.txt").write_text("seq\n")
     report = prepare.prepare(tmp_path / "nofps.txt", tmp_path / "out2", workers=1, height=32)
     assert report["videos"] == 0 and "folder_fps" in report["skipped"][0]["reason"]
+
+
+def test_truncated_videos_are_skipped_or_kept_marked(tmp_path):
+    """An mp4 with its index at the start and an avi, cut in half: the decoders used to end
+    quietly and prepare stored the first half as a whole video."""
+    src = tmp_path / "src"
+    src.mkdir()
+    broken_files.truncated_video(src / "cut.mp4", "mp4", frames=64)
+    broken_files.truncated_video(src / "cut.avi", "avi", frames=64)
+    broken_files.truncated_video(src / "whole.mp4", "mp4", frames=64, fraction=1)
+    report = prepare.prepare(src, tmp_path / "out", height=32, workers=1)
+    assert report["videos"] == 1 and report["truncated_count"] == 0
+    reasons = {s["id"]: s["reason"] for s in report["skipped"]}
+    assert set(reasons) == {"cut.mp4", "cut.avi"}
+    for name, reason in reasons.items():
+        assert reason.startswith(f"{src / name}: truncated video: decoding stopped at frame ")
+        assert "of 64" in reason
+    # --keep_truncated: the frames before the cut are stored, marked in manifest and report.
+    report = prepare.prepare(src, tmp_path / "out", height=32, workers=1, keep_truncated=True)
+    rows = {json.loads(x)["id"]: json.loads(x)
+            for x in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()}
+    assert report["videos"] == 3 and report["truncated_count"] == 2
+    assert "truncated" not in rows["whole.mp4"] and rows["whole.mp4"]["frames"] == 64
+    for name in ("cut.mp4", "cut.avi"):
+        assert rows[name]["truncated"].startswith("truncated video: decoding stopped at frame")
+        assert 16 <= rows[name]["frames"] < 50
+    assert {t["id"] for t in report["truncated"]} == {"cut.mp4", "cut.avi"}
+
+
+def _tool(*args, **popen):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
+    cmd = [sys.executable, str(ROOT / "tools" / "prepare_vlog.py"), *map(str, args)]
+    if popen:
+        return subprocess.Popen(cmd, env=env, **popen)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_verify_names_a_cut_shard_and_a_rerun_redoes_it(tmp_path, videos):
+    out = tmp_path / "out"
+    prepare.prepare(videos, out, height=32, workers=1, videos_per_shard=2)
+    assert prepare.verify(out) == {}
+    shard = prepare.resolve_shards(out)[0]
+    broken_files.cut(shard, 0.6)
+    bad = prepare.verify(out)
+    assert list(bad) == [shard] and "truncated or corrupt after 0 good records" in bad[shard]
+    result = _tool("--verify", f"--out={out}")
+    assert result.returncode == 1
+    assert f"bad shard: {shard}: truncated or corrupt" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: {out}: 1 of 3 shards are truncated or corrupt")
+    # The shard's .json records its size: a rerun redoes the cut shard.
+    prepare.prepare(videos, out, height=32, workers=1, videos_per_shard=2)
+    assert prepare.verify(out) == {}
+    result = _tool("--verify", f"--out={out}")
+    assert result.returncode == 0 and "all 3 shards read back whole" in result.stdout
+
+
+def _children(pid):
+    """Pids whose parent is `pid` (from /proc)."""
+    out = []
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid):
+    """True for a running process (a zombie waiting for its new parent to reap it is gone)."""
+    try:
+        state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_killed_prepare_takes_its_workers_along(tmp_path):
+    """kill -9 of the tool: its decoding workers and the resource tracker used to run on."""
+    src = tmp_path / "src"
+    src.mkdir()
+    one = broken_files.write_container(tmp_path / "one.mp4", broken_files.noise_frames(
+        120, 128, 160), "mp4", "libx264")
+    for i in range(40):  # many videos, one file: a run long enough to be killed mid-way
+        (src / f"v{i:02d}.mp4").symlink_to(one)
+    proc = _tool(f"--input={src}", f"--out={tmp_path / 'out'}", "--workers=2", "--height=64",
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        children = []
+        while time.time() < deadline and proc.poll() is None:
+            children = _children(proc.pid)
+            if len(children) >= 3:  # two workers and the resource tracker
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None and len(children) >= 3, "prepare ended before it was killed"
+        time.sleep(1.0)  # the workers are decoding
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 10
+        while time.time() < deadline and any(_alive(c) for c in children):
+            time.sleep(0.2)
+        assert not [c for c in children if _alive(c)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for child in children:  # what a failing run would leave behind
+            if _alive(child):
+                os.kill(child, signal.SIGKILL)
+    out = tmp_path / "out"
+    assert not out.exists() or not list(out.glob("*.tfrecord"))  # nothing complete-looking

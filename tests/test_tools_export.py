@@ -48,7 +48,10 @@ def test_next_version_and_one_line_errors(exported):
     assert (out / "tc" / "2" / "saved_model.pb").is_file()
     for args, names in (
             (("--checkpoint", workdir, "--out", out / "tc", "--version", 1), ["already exists"]),
-            (("--checkpoint", out / "nope", "--out", out / "x"), [out / "nope"]),
+            (("--checkpoint", out / "nope", "--out", out / "x"),
+             [f"--checkpoint {out / 'nope'}: no such file or folder"]),
+            (("--out", out / "x"), ["give either --checkpoint", "or --random"]),
+            (("--checkpoint", workdir, "--random", "--out", out / "x"), ["give either"]),
             (("--out", out / "x", "--quantize", "int4"), ["--quantize int4"]),
             (("--checkpoint", workdir), ["--out"])):
         result = run_tool("export.py", *args)
@@ -58,6 +61,10 @@ def test_next_version_and_one_line_errors(exported):
         for name in names:
             assert str(name) in lines[0], lines[0]
     assert not (out / "x").exists()
+    # Random weights only when asked for, and then with a warning (here the version exists).
+    result = run_tool("export.py", "--random", "--out", out / "tc", "--version", 1)
+    assert result.returncode == 1 and "already exists" in result.stderr
+    assert "warning: exporting an untrained, randomly initialised encoder" in result.stderr
 
 
 def test_propagate_masks_identical_across_runtimes(exported, tmp_path):

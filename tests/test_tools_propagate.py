@@ -13,13 +13,15 @@ from PIL import Image
 
 from tc_keras import label_io
 from tc_keras.data import synthetic
+from tests import broken_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def run_tool(tool, *args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+def run_tool(tool, *args, pythonpath=()):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*map(str, pythonpath), str(ROOT)]),
+               TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run([sys.executable, str(ROOT / "tools" / tool), *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=300)
 
@@ -70,6 +72,9 @@ def test_mask_run_keeps_palette_and_size(clip, tmp_path):
             assert set(np.unique(np.asarray(im)).tolist()) <= ids0
     assert (out / "overlay.mp4").stat().st_size > 0
     assert not list(tmp_path.glob(".*partial"))
+    # Output is not a terminal: plain progress lines, no progress-bar control characters.
+    assert "5/5 frames" in result.stdout
+    assert not re.search(r"[\r\x08\x1b]", result.stdout + result.stderr), repr(result.stdout)
 
 
 def test_grayscale_mask_stays_0_255_and_evaluates(clip, tmp_path):
@@ -115,11 +120,41 @@ def test_keypoints_run_and_pck(clip, tmp_path):
     assert json.loads((out / "pck_metrics.json").read_text())["PCK@0.1"] == 1.0
 
 
-@pytest.mark.parametrize("case", ["mask_size", "no_object", "corrupt_video", "gap", "mixed_sizes"])
+def _soft(mask):
+    """A 0/255 mask with anti-aliased edges: 2x box-filtered, as a drawing program saves it."""
+    big = np.where(np.kron(mask > 0, np.ones((2, 2))), 255.0, 0.0)
+    soft = Image.fromarray(big.astype(np.uint8), mode="L").resize(
+        (mask.shape[1], mask.shape[0]), Image.BILINEAR)
+    soft = np.asarray(soft).astype(np.float64)
+    return np.clip(np.round((soft + np.roll(soft, 1, axis=1)) / 2), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("case", ["mask_size", "no_object", "corrupt_video", "gap", "mixed_sizes",
+                                  "truncated_mp4", "truncated_avi", "soft_mask",
+                                  "keypoints_outside"])
 def test_bad_inputs_give_one_line_and_no_output(clip, tmp_path, case):
     root, frames, masks = clip
     video, labels = root / "frames", root / "mask.png"
-    if case == "mask_size":
+    if case.startswith("truncated"):
+        # 40 frames of 96x64, cut in half; the mp4 has its index at the start, so both open and
+        # used to give about 20 masks and exit 0.
+        video = broken_files.truncated_video(tmp_path / f"cut.{case[-3:]}", case[-3:], frames=40)
+        labels = tmp_path / "mask96.png"
+        ids = np.zeros((64, 96), np.uint8)
+        ids[20:40, 30:60] = 1
+        label_io.write_mask(labels, ids, label_io.DAVIS_MASK)
+        named = f"{video}: truncated video: decoding stopped at frame"
+    elif case == "soft_mask":
+        labels = tmp_path / "soft.png"
+        soft = _soft(masks[0])
+        Image.fromarray(soft, mode="L").save(labels)
+        named = f"{labels}: grayscale mask with {len(np.unique(soft))} distinct values"
+    elif case == "keypoints_outside":
+        labels = tmp_path / "joints.json"
+        joints = np.array([[[20.0, 20.0], [70.5, 30.0]]] * len(frames))
+        labels.write_text(label_io.keypoints_json(joints, {"joint_names": ["head", "hand"]}))
+        named = f"{labels}: joint 1 (hand) of frame 0 is at (70.5, 30), outside the 64x64 frames"
+    elif case == "mask_size":
         labels = tmp_path / "small.png"
         label_io.write_mask(labels, masks[0][:32], label_io.DAVIS_MASK)
         named = labels
@@ -144,6 +179,35 @@ def test_bad_inputs_give_one_line_and_no_output(clip, tmp_path, case):
     assert_user_error(result, named)
     assert not out.exists()
     assert not list(tmp_path.glob(".*partial"))
+
+
+def test_soft_mask_with_threshold_and_palette_ids(clip, tmp_path):
+    """--threshold binarises a soft grayscale mask; a palette PNG keeps its ids regardless."""
+    root, frames, masks = clip
+    labels = tmp_path / "soft.png"
+    Image.fromarray(_soft(masks[0]), mode="L").save(labels)
+    out = tmp_path / "out"
+    result = run_tool("propagate.py", "--video", root / "frames", "--labels", labels, "--out", out,
+                      "--encoder", "identity", "--threshold", 128, "--nooverlay")
+    assert result.returncode == 0, result.stderr
+    with Image.open(out / "00000.png") as im:
+        assert im.mode == "L" and set(np.unique(np.asarray(im)).tolist()) == {0, 255}
+    ids, fmt = label_io.read_mask(root / "mask.png", threshold=128)  # palette: ids kept
+    assert fmt.palette and set(np.unique(ids).tolist()) == set(np.unique(masks[0]).tolist())
+
+
+def test_tflite_without_its_runtime_is_one_line(clip, tmp_path):
+    """An install without ai-edge-litert (simulated: a module of that name that is no package)."""
+    root, _, _ = clip
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "ai_edge_litert.py").write_text("")
+    model = tmp_path / "tc.tflite"
+    model.write_bytes(b"not read")
+    out = tmp_path / "out"
+    result = run_tool("propagate.py", "--video", root / "frames", "--labels", root / "mask.png",
+                      "--out", out, "--encoder", model, pythonpath=[tmp_path / "site"])
+    assert_user_error(result, f"cannot run {model}: install the litert extra")
+    assert not out.exists()
 
 
 def test_davis_dev_ground_truth_scores_one(shared_data, tmp_path):

@@ -13,7 +13,9 @@ import keras
 import numpy as np
 import pytest
 
+from tc_keras import checkpoints
 from tc_keras import config as tconfig
+from tests import broken_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--data=synthetic", "--synthetic_videos=4", "--synthetic_frames=24", "--synthetic_size=168",
@@ -81,6 +83,13 @@ def test_resume_after_kill_continues_from_checkpoint(tmp_path):
     rerun = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "Resumed from" in rerun.stderr
+    # The end says where the encoder is and what to run next; no Keras warning from the fit call
+    # (shuffle=True ignored for a tf.data dataset) nor TensorFlow's start-up lines.
+    assert f"Encoder: {workdir / 'encoder.keras'}" in rerun.stdout
+    assert f"tools/propagate.py --video clip.mp4 --labels first_mask.png --out out/run " \
+           f"--encoder {workdir}" in rerun.stdout
+    assert f"tools/export.py --checkpoint {workdir} --out export/run" in rerun.stdout
+    assert "Warning" not in rerun.stderr and "All log messages before absl" not in rerun.stderr
     resumed_at = int(rerun.stderr.split("Steps ")[1].split("..")[0])
     assert 3 <= resumed_at < 8  # continued from a checkpoint, not from zero
     assert (workdir / "ckpt" / "ckpt-8.index").exists()
@@ -92,6 +101,83 @@ def test_resume_after_kill_continues_from_checkpoint(tmp_path):
     # A third run finds the work done.
     again = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "nothing to do" in again.stderr
+
+    # The newest checkpoint's .data and the one before's .index cut short: both are named, the
+    # run resumes from the newest intact one (step 3) and ends at step 8 again.
+    ckpt = workdir / "ckpt"
+    broken_files.cut(ckpt / "ckpt-8.data-00000-of-00001")
+    broken_files.cut(ckpt / "ckpt-6.index")
+    cut = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+    assert cut.returncode == 0, cut.stderr[-3000:]
+    assert f"Cannot restore {ckpt / 'ckpt-8'} (IndexError: Read less bytes" in cut.stderr
+    assert f"Cannot restore {ckpt / 'ckpt-6'} (" in cut.stderr
+    assert f"Resumed from {ckpt / 'ckpt-3'}" in cut.stderr and "Steps 3..8" in cut.stderr
+    assert checkpoints.checkpoint_problem(ckpt / "ckpt-8") is None
+    # None restores: one line naming them; the checkpoints are left as they were.
+    for name in ("ckpt-8.index", "ckpt-6.index", "ckpt-3.index"):
+        broken_files.cut(ckpt / name)
+    before = _snapshot(workdir)
+    none = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+    assert none.returncode == 1 and "Traceback" not in none.stderr
+    last = none.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {ckpt}: no checkpoint restores: ckpt-8 (") and "ckpt-3" in last
+    assert _snapshot(workdir, ckpt_only=True) == before[1]
+
+
+def _snapshot(workdir, ckpt_only=False):
+    """(every file's bytes, the checkpoint files' bytes) under a workdir."""
+    files = {str(p.relative_to(workdir)): p.read_bytes()
+             for p in sorted(pathlib.Path(workdir).rglob("*")) if p.is_file()}
+    ckpt = {k: v for k, v in files.items() if k.startswith("ckpt")}
+    return ckpt if ckpt_only else (files, ckpt)
+
+
+def test_rerun_with_other_model_flags_names_them_and_changes_nothing(tmp_path):
+    """--encoder=resnet50 on a ResNet-18 workdir used to fail with a shape-mismatch traceback,
+    after overwriting config.json with the failed run's flags."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    flags = tconfig.Config(tconfig.DataConfig(num_past=1, frame_gap=2, target_offset=6,
+                                              crop_size=168, resize_short=168),
+                           tconfig.ModelConfig(encoder="resnet18"),
+                           tconfig.TrainConfig(workdir=str(workdir), batch_size=2))
+    (workdir / "config.json").write_text(flags.to_json() + "\n")
+    (workdir / "ckpt").mkdir()
+    before, _ = _snapshot(workdir)
+    result = subprocess.run(train_cmd(workdir, "--encoder=resnet50", "--num_past=2",
+                                      "--train_steps=5"),
+                            env=env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0] == (f"error: {workdir} holds a run with other flags: --num_past: 1 (stored) "
+                        "vs 2 (given); --encoder: resnet18 (stored) vs resnet50 (given). Rerun "
+                        "with the stored values, or use a new --workdir")
+    assert _snapshot(workdir)[0] == before and sorted(os.listdir(workdir)) == [
+        "ckpt", "config.json"]
+
+
+def test_cut_shard_during_training_is_named(tmp_path):
+    """A shard cut short used to stop training with a bare DataLossError naming no file."""
+    from tc_keras.data import prepare, synthetic
+
+    synthetic.write_corpus(tmp_path / "corpus", 2, frames=24, size=(168, 168), fps=12, seed=5)
+    shards_dir = tmp_path / "shards"
+    prepare.prepare(tmp_path / "corpus" / "videos", shards_dir, height=168, workers=1,
+                    videos_per_shard=1)
+    shard = prepare.resolve_shards(shards_dir)[1]
+    broken_files.cut(shard, 0.5)
+    workdir = tmp_path / "run"
+    result = subprocess.run(train_cmd(workdir, f"--data={shards_dir}", "--train_steps=3",
+                                      "--image_every=0"),
+                            env=env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {shard}: truncated or corrupt after 0 good records"), last
+    assert "rerun tools/prepare_vlog.py with the same --input and --out" in last
+    # The steps done before the bad record are kept in an intact checkpoint, for the rerun.
+    saved = sorted(workdir.glob("ckpt/*.index"))
+    assert all(checkpoints.checkpoint_problem(str(p)[:-len(".index")]) is None for p in saved)
 
 
 def _free_ports(n):

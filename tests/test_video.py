@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from tc_keras.data import video
+from tests import broken_files
 
 
 def _smooth_frames(num, height=48, width=64):
@@ -93,6 +94,60 @@ def test_bad_files_raise_video_error(tmp_path, clip, kind):
         video.video_info(path)
 
 
+def _top_level_atoms(path):
+    data, atoms, i = path.read_bytes(), [], 0
+    while i + 8 <= len(data) and len(atoms) < 3:
+        size = int.from_bytes(data[i:i + 4], "big")
+        atoms.append(data[i + 4:i + 8].decode())
+        i += size
+    return atoms
+
+
+@pytest.mark.parametrize("kind", ["mp4", "avi", "mkv"])
+def test_truncated_video_names_file_and_frame(tmp_path, kind):
+    """A file cut in half: the mp4 keeps its index (moov) at the start, the avi its header, so
+    both open; the mkv knows only its duration. Frame-threaded decoding used to end quietly."""
+    path = broken_files.truncated_video(tmp_path / f"cut.{kind}", kind, frames=40)
+    if kind == "mp4":
+        assert _top_level_atoms(path)[:2] == ["ftyp", "moov"]
+    with pytest.raises(video.TruncatedVideo) as e:
+        list(video.iter_frames(path))
+    of = "of about 40" if kind == "mkv" else "of 40"
+    assert str(e.value).startswith(f"{path}: truncated video: decoding stopped at frame "
+                                   f"{e.value.frames} {of}")
+    assert 10 < e.value.frames < 30
+    with pytest.raises(video.TruncatedVideo, match=f"frame {e.value.frames} "):
+        list(video.iter_frames(path, fps=6, height=32))
+
+
+def test_truncated_video_yields_frames_before_the_cut(tmp_path):
+    path = broken_files.truncated_video(tmp_path / "cut.mp4", frames=40)
+    frames = []
+    with pytest.raises(video.TruncatedVideo) as e:
+        for frame in video.iter_frames(path):
+            frames.append(frame)
+    assert len(frames) == e.value.frames  # every complete frame, also from the decoder's threads
+
+
+def test_video_cut_at_a_packet_boundary_is_truncated(tmp_path):
+    path = broken_files.write_container(tmp_path / "v.mp4", broken_files.noise_frames(40), "mp4",
+                                        "libx264", movflags="faststart")
+    import av  # noqa: PLC0415
+
+    with av.open(str(path)) as container:
+        offsets = [p.pos for p in container.demux(container.streams.video[0]) if p.size]
+    path.write_bytes(path.read_bytes()[:offsets[25]])
+    with pytest.raises(video.TruncatedVideo, match=r"frame 25 of 40 \(the data ends at 2\.08 s "
+                       r"of 3\.33 s\)"):
+        list(video.iter_frames(path))
+
+
+@pytest.mark.parametrize("kind", ["mp4", "avi", "mkv"])
+def test_complete_videos_of_each_container_decode_whole(tmp_path, kind):
+    path = broken_files.truncated_video(tmp_path / f"whole.{kind}", kind, frames=30, fraction=1)
+    assert len(list(video.iter_frames(path))) == 30
+
+
 def _write_folder(folder, names, sizes=None):
     folder.mkdir()
     for i, name in enumerate(names):
@@ -154,6 +209,25 @@ def test_real_videos(shared_data, name, size, frames):
     assert (info["height"], info["width"]) == size and info["frames"] == frames
     small = next(video.iter_frames(path, height=64))
     assert small.shape[0] == 64 and small.shape[1] % 2 == 0
+
+
+def test_real_mp4_with_index_at_start_cut_in_half(shared_data, tmp_path):
+    """bikes.mp4 remuxed with its index first (as streaming sites serve mp4), then cut in half."""
+    import av  # noqa: PLC0415
+
+    fast = tmp_path / "bikes.mp4"
+    with av.open(str(shared_data / "real-clips/bikes.mp4")) as src, \
+            av.open(str(fast), "w", options=dict(movflags="faststart")) as dst:
+        out = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = out
+                dst.mux(packet)
+    assert _top_level_atoms(fast)[:2] == ["ftyp", "moov"]
+    assert len(list(video.iter_frames(fast))) == 250
+    broken_files.cut(fast)
+    with pytest.raises(video.TruncatedVideo, match=rf"{fast}: .* at frame 116 of 250"):
+        list(video.iter_frames(fast, fps=12, height=64))
 
 
 def test_real_video_resampled_to_12fps(shared_data):

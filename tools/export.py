@@ -4,10 +4,15 @@ r"""Exports an encoder + the label step as a SavedModel (TF Serving layout) and 
   -> export/timecycle/1/ (SavedModel; the next free version unless --version),
      export/timecycle.tflite, export/timecycle.fp16.tflite, export/timecycle.int8.tflite
 
-Without --checkpoint the encoder is freshly initialised (seeded), for trying the path. Signatures
-(embed / serving_default, propagate, propagate_per_frame) are described in tc_keras/export.py.
-User errors (missing checkpoint, existing version) print one line and exit with status 1.
+  python tools/export.py --random --out export/untrained     # a seeded random encoder, to try
+                                                            # the export path (says so loudly)
+
+--checkpoint or --random is required. Signatures (embed / serving_default, propagate,
+propagate_per_frame) are described in tc_keras/export.py. User errors (missing checkpoint,
+existing version) print one line naming the flag as typed and exit with status 1.
 """
+
+import sys
 
 from tc_keras import cli  # first: quiets TensorFlow's start-up
 
@@ -19,12 +24,14 @@ from tc_keras import export as export_lib  # noqa: E402
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Encoder to export: a training workdir (its encoder.keras), an "
-    ".keras file or a .weights.h5 file (default: a freshly initialised encoder).")
+    ".keras file or a .weights.h5 file. Required unless --random.")
+_RANDOM = flags.DEFINE_bool("random", False, "Export a freshly initialised (seeded, untrained) "
+                            "encoder instead of --checkpoint, to try the export path.")
 _OUT = flags.DEFINE_string("out", None, "Model folder, e.g. export/<name>: the SavedModel goes "
                            "to <out>/<version>/, the .tflite files next to it as <out>*.tflite.")
-_DEPTH = flags.DEFINE_enum("depth", "18", ["18", "50"], "ResNet depth for a fresh encoder or a "
+_DEPTH = flags.DEFINE_enum("depth", "18", ["18", "50"], "ResNet depth for --random or a "
                            ".weights.h5 checkpoint (default 18).")
-_SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed without --checkpoint (default 0).")
+_SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed for --random (default 0).")
 _VERSION = flags.DEFINE_integer("version", None, "SavedModel version folder, a positive integer "
                                 "(default: 1 + the largest existing one, 1 if none).")
 _QUANTIZE = flags.DEFINE_list(
@@ -46,11 +53,18 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # TF's INFO lines about signature names, assets
     cli.require("out", hint=" (e.g. export/<name>)")
-    spec = _CHECKPOINT.value or "random"
-    if spec in ("random", "identity") and _CHECKPOINT.value:
-        raise ValueError(f"--checkpoint {spec}: expected a workdir, .keras or .weights.h5")
     quantize = _quantize_values(_QUANTIZE.value)
-    encoder = encoder_io.load_encoder_model(spec, int(_DEPTH.value), _SEED.value)
+    cli.exactly_one("checkpoint", "random", hint=" (a training workdir, .keras or .weights.h5 "
+                    "file)")
+    spec = "random" if _RANDOM.value else _CHECKPOINT.value
+    if spec in ("random", "identity") and _CHECKPOINT.value:
+        raise ValueError(f"--checkpoint {spec}: expected a workdir, .keras or .weights.h5 "
+                         "(--random for an untrained encoder)")
+    if _RANDOM.value:
+        print(f"warning: exporting an untrained, randomly initialised encoder (--random, seed "
+              f"{_SEED.value}): its features are not learned", file=sys.stderr)
+    encoder = encoder_io.load_encoder_model(spec, int(_DEPTH.value), _SEED.value,
+                                            flag="--checkpoint")
     written = export_lib.export(encoder, _OUT.value, _VERSION.value, quantize, _TFLITE.value,
                                 _OVERWRITE.value)
     for kind, path in written.items():

@@ -2,12 +2,17 @@
 
     python tools/prepare_vlog.py --input /data/vlog --out /data/vlog_shards
     python tools/prepare_vlog.py --input videos.txt --out shards --workers 8 --videos_per_shard 64
+    python tools/prepare_vlog.py --verify --out /data/vlog_shards     # read every shard back
 
 --input is a folder (searched recursively for .mp4 .avi .mkv .webm .mov) or a list file with one
-path per line. Rerunning the same command resumes: finished shards are kept. Videos that cannot be
-used are listed with the reason in OUT/report.json; the run still exits with status 0.
+path per line. Rerunning the same command resumes: finished shards are kept (a shard cut short
+since is redone). Videos that cannot be used, truncated ones included (unless --keep_truncated),
+are listed with the reason in OUT/report.json; the run still exits with status 0. --verify reads
+every shard of OUT and exits with status 1 naming each truncated or corrupt one.
 Record format and output layout: tc_keras/data/prepare.py.
 """
+
+import sys
 
 from tc_keras import cli  # first: quiets TensorFlow's start-up
 
@@ -28,14 +33,35 @@ _MIN_FRAMES = flags.DEFINE_integer(
     "min_frames", prepare.DEFAULT_MIN_FRAMES,
     "Videos with fewer frames after resampling are skipped (default 16 = target offset 15 + 1).")
 _QUALITY = flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of stored frames, 1-100.")
-flags.mark_flags_as_required(["input", "out"])
+_KEEP_TRUNCATED = flags.DEFINE_bool(
+    "keep_truncated", False, "Store a truncated video's frames before the cut, marked "
+    "\"truncated\" in manifest.jsonl and report.json (default: skip it, with the reason).")
+_VERIFY = flags.DEFINE_bool("verify", False, "Only read every shard of --out back and name the "
+                            "truncated or corrupt ones (exit status 1 if any).")
+
+
+def verify(out):
+    bad = prepare.verify(out)
+    shards = prepare.resolve_shards(out)
+    for shard, reason in bad.items():
+        print(f"bad shard: {shard}: {reason}", file=sys.stderr)
+    if bad:
+        raise ValueError(f"{out}: {len(bad)} of {len(shards)} shards are truncated or corrupt; "
+                         "remove them and rerun tools/prepare_vlog.py with the same --input and "
+                         "--out to redo them")
+    print(f"{out}: all {len(shards)} shards read back whole")
 
 
 def main(argv):
     del argv
+    cli.require("out")
+    if _VERIFY.value:
+        return verify(_OUT.value)
+    cli.require("input")
     prepare.prepare(_INPUT.value, _OUT.value, fps=_FPS.value, height=_HEIGHT.value,
                     workers=_WORKERS.value or None, videos_per_shard=_PER_SHARD.value,
-                    min_frames=_MIN_FRAMES.value, jpeg_quality=_QUALITY.value)
+                    min_frames=_MIN_FRAMES.value, jpeg_quality=_QUALITY.value,
+                    keep_truncated=_KEEP_TRUNCATED.value)
     logging.info("done")
 
 

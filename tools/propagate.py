@@ -17,14 +17,17 @@ A DAVIS dataset (JPEGImages/480p/<seq>/*.jpg, first mask from Annotations/480p/<
   -> results/<seq>/<frame>.png for every frame of every sequence
 
 Outputs are written into a hidden temporary folder beside the target and renamed into place only
-when a video is complete: a folder that exists is complete. User errors (unreadable video, frame
-folder with gaps or mixed sizes, mask of the wrong size or without an object) print one line and
-exit with status 1.
+when a video is complete: a folder that exists is complete. User errors (unreadable or truncated
+video, frame folder with gaps or mixed sizes, mask of the wrong size, without an object or soft
+(anti-aliased: use --threshold), keypoints outside the frames, a .tflite without its runtime)
+print one line and exit with status 1. Progress: a bar on a terminal, plain lines otherwise.
 """
 
 import contextlib
 import dataclasses
 import pathlib
+import sys
+import time
 
 from tc_keras import cli  # first: quiets TensorFlow's start-up
 
@@ -44,7 +47,12 @@ from tc_keras.data import video as video_lib  # noqa: E402
 _VIDEO = flags.DEFINE_string("video", None, "Input video file or folder of numbered frames.")
 _LABELS = flags.DEFINE_string(
     "labels", None, "First-frame labels for --video: a mask PNG (indexed/palette with object ids, "
-    "or 0/255 grayscale) or a keypoints JSON (format of jhmdb-catch/joints.json; joints[0] used).")
+    "or 0/255 grayscale) or a keypoints JSON ({\"joints\": [[[x, y], ...], ...]} in pixels; "
+    "joints[0] used).")
+_THRESHOLD = flags.DEFINE_integer(
+    "threshold", None, "Binarise grayscale first-frame masks: values >= T are the object, < T "
+    "background (a soft, anti-aliased mask is otherwise refused). Indexed (palette) masks keep "
+    "their ids. Default: none.", lower_bound=1, upper_bound=255)
 _OUT = flags.DEFINE_string("out", None, "Output folder (--video) or results root (--davis_root).")
 _DAVIS_ROOT = flags.DEFINE_string("davis_root", None, "DAVIS root with JPEGImages/480p and "
                                   "Annotations/480p; propagates every sequence.")
@@ -103,6 +111,32 @@ def frame_names(source, count):
     return [f"{t:05d}" for t in range(count)]
 
 
+class Progress:
+    """keras.utils.Progbar on a terminal; plain lines every `every` frames otherwise (logs, CI:
+    no carriage returns or colour codes)."""
+
+    def __init__(self, total, every=25):
+        self.total, self.every, self.count = total, every, 0
+        tty = sys.stdout.isatty()
+        self.bar = keras.utils.Progbar(total, unit_name="frame") if tty else None
+        self.start = time.perf_counter()
+
+    def update(self, count):
+        self.count = count
+        if self.bar is not None:
+            self.bar.update(count)
+        elif count % self.every == 0 and count < self.total:
+            self._line()
+
+    def done(self):
+        if self.bar is None:
+            self._line()
+
+    def _line(self):
+        rate = (time.perf_counter() - self.start) / max(self.count, 1)
+        print(f"  {self.count}/{self.total} frames, {rate:.2f} s/frame", flush=True)
+
+
 def run_video(source, labels_path, out_dir, embed, config, overlay, step=None, local_step=None):
     """Propagates one video's first-frame labels into `out_dir` (atomically)."""
     info = video_lib.video_info(source)
@@ -115,14 +149,15 @@ def run_video(source, labels_path, out_dir, embed, config, overlay, step=None, l
         first = joints_all[0]
         if not np.isfinite(first).all(axis=-1).any():
             raise label_io.LabelError(f"{labels_path}: no joint is annotated in frame 0")
+        label_io.check_keypoints(labels_path, first, size, meta.get("joint_names"))
         stream = prop.propagate_keypoints(frames, first, embed, config, step, local_step)
     else:
-        ids, fmt = label_io.read_mask(labels_path)
+        ids, fmt = label_io.read_mask(labels_path, _THRESHOLD.value)
         ids, _ = label_io.split_void(ids, fmt)  # void (255 in a palette mask) = background
         label_io.check_mask(labels_path, ids, size)
         stream = prop.propagate_mask(frames, ids, embed, config, step, local_step)
     fps = info["fps"] or _FPS.value
-    bar = keras.utils.Progbar(len(names), unit_name="frame")
+    bar = Progress(len(names))
     all_joints = []
     out_dir = pathlib.Path(out_dir)
     if out_dir.exists() and not _OVERWRITE.value:
@@ -142,6 +177,7 @@ def run_video(source, labels_path, out_dir, embed, config, overlay, step=None, l
                 if writer is not None:
                     writer.write(shown)
                 bar.update(t + 1)
+            bar.done()
         if keypoints:
             (tmp / "keypoints.json").write_text(label_io.keypoints_json(np.stack(all_joints), meta))
 

@@ -7,28 +7,33 @@ frames (one JPEG per frame), num_frames, height, width, fps (tc_keras/data/recor
 Output folder:
 
     shard-00000-of-00004.tfrecord   videos [0, M) of the sorted input list, M = videos_per_shard
-    shard-00000-of-00004.json       what went into that shard (manifest rows and skipped videos)
+    shard-00000-of-00004.json       what went into that shard (manifest rows, skipped videos,
+                                    the shard's size in bytes)
     manifest.jsonl                  one row per stored video: id, source, frames, fps, size, shard
-    report.json                     counts and the skipped videos, each with its reason
+                                    (and `truncated`, see below)
+    report.json                     counts, the skipped videos, each with its reason, and the
+                                    videos stored truncated
 
 A shard and its .json are written under `.partial` names and renamed when complete, so a killed
 run never leaves a complete-looking shard; a rerun skips shards whose .tfrecord and .json both
-exist (and hold the same videos made with the same settings) and redoes the rest. Unreadable, corrupt, empty, non-video and
-too-short videos are skipped and listed in report.json; they never stop the run. Videos are
-decoded in worker processes (spawned, so they never inherit TensorFlow's threads); the main
-process writes the shards. Memory per video is about twice its JPEG bytes, never its raw frames.
+exist (and hold the same videos made with the same settings, and the shard has the size its
+.json records: a shard cut short later is redone) and redoes the rest. Unreadable, corrupt,
+empty, non-video and too-short videos are skipped and listed in report.json; they never stop the
+run. A truncated video (its data stops before the end its header declares: a cut download) is
+skipped too, with reason "... truncated video: decoding stopped at frame N of M ..."; with
+`keep_truncated` its frames before the cut are stored and its manifest row says
+`"truncated": "<why>"`. `verify(out_dir)` reads every shard back and names the bad ones. Videos
+are decoded in worker processes (tc_keras.data.pool: spawned, so they never inherit TensorFlow's
+threads, and they end with this process even when it is killed); the main process writes the
+shards. Memory per video is about twice its JPEG bytes, never its raw frames.
 
 Not safe to run two prepares on the same output folder at once.
 """
 
-import collections
-import concurrent.futures
-import concurrent.futures.process
 import contextlib
 import glob
 import json
 import math
-import multiprocessing
 import os
 import pathlib
 import re
@@ -37,7 +42,7 @@ import time
 from absl import logging
 
 from tc_keras import atomic
-from tc_keras.data import records, video
+from tc_keras.data import pool, records, video
 
 # PAPER.md, "Training data and schedule": frames at 12 fps, height 256.
 DEFAULT_FPS = 12.0
@@ -94,11 +99,13 @@ def _source(path, folder_fps):
     return str(path) if folder_fps is None else f"{path} fps={folder_fps:g}"
 
 
-def encode_video(video_id, path, fps, height, min_frames, jpeg_quality=90, folder_fps=None):
+def encode_video(video_id, path, fps, height, min_frames, jpeg_quality=90, folder_fps=None,
+                 keep_truncated=False):
     """Decodes one video (or frame folder at `folder_fps`) into JPEG frames; never raises.
 
-    Returns dict(id, source, record=serialized Example, frames=count, fps, height, width), or
-    dict(id, source, reason) for a video that cannot be used.
+    Returns dict(id, source, record=serialized Example, frames=count, fps, height, width, and
+    truncated=<why> for a truncated video kept with `keep_truncated`), or dict(id, source, reason)
+    for a video that cannot be used.
     """
     out = dict(id=video_id, source=_source(path, folder_fps))
     jpegs = []
@@ -106,12 +113,18 @@ def encode_video(video_id, path, fps, height, min_frames, jpeg_quality=90, folde
         for frame in video.iter_frames(path, fps=fps, height=height, folder_fps=folder_fps):
             jpegs.append(records.jpeg_bytes(frame, jpeg_quality))
             shape = frame.shape
+    except video.TruncatedVideo as e:
+        if not keep_truncated:
+            return dict(out, reason=str(e))
+        out["truncated"] = e.detail  # the source names the file
     except video.VideoError as e:
         return dict(out, reason=str(e))
     except Exception as e:  # noqa: BLE001 - one bad video must not stop a 100K-video run
         return dict(out, reason=f"{type(e).__name__}: {e}")
     if not jpegs or len(jpegs) < min_frames:
-        return dict(out, reason=f"too short: {len(jpegs)} frames at {fps} fps, need {min_frames}")
+        cut = f" ({out.pop('truncated')})" if "truncated" in out else ""
+        return dict(out, reason=f"too short: {len(jpegs)} frames at {fps} fps, need "
+                    f"{min_frames}{cut}")
     record = records.encode_example(video_id, jpegs, fps, shape[0], shape[1])
     return dict(out, record=record, frames=len(jpegs), fps=float(fps), height=shape[0],
                 width=shape[1])
@@ -140,20 +153,25 @@ class _ShardWriter:
                                      reason=result["reason"]))
             return
         self.writer.write(result["record"])
-        self.rows.append(dict(id=result["id"], source=result["source"],
-                              frames=result["frames"], fps=result["fps"],
-                              size=[result["height"], result["width"]], shard=self.path.name))
+        row = dict(id=result["id"], source=result["source"], frames=result["frames"],
+                   fps=result["fps"], size=[result["height"], result["width"]],
+                   shard=self.path.name)
+        if "truncated" in result:
+            row["truncated"] = result["truncated"]
+        self.rows.append(row)
 
     def finish(self, sources, settings):
         self.writer.close()
+        size = self.staged.path.stat().st_size
         self.staged.commit()
         atomic.write_text(self.meta_path, json.dumps(dict(
-            sources=sources, settings=settings, videos=self.rows, skipped=self.skipped), indent=1))
+            sources=sources, settings=settings, videos=self.rows, skipped=self.skipped,
+            bytes=size), indent=1))
 
 
 def _finished(out_dir, name, sources, settings):
-    """The shard's metadata if it is complete, holds exactly `sources` and was made with the same
-    settings (fps, height, ...), else None."""
+    """The shard's metadata if it is complete (the size its .json records), holds exactly
+    `sources` and was made with the same settings (fps, height, ...), else None."""
     path = out_dir / name
     meta_path = path.with_suffix(".json")
     if not (path.is_file() and meta_path.is_file()):
@@ -163,6 +181,10 @@ def _finished(out_dir, name, sources, settings):
     except ValueError:
         return None
     same = meta.get("sources") == sources and meta.get("settings") == settings
+    if same and meta.get("bytes", path.stat().st_size) != path.stat().st_size:
+        logging.warning("redoing %s: %d bytes, its .json says %d (cut short?)", path,
+                        path.stat().st_size, meta["bytes"])
+        return None
     return meta if same else None
 
 
@@ -178,7 +200,8 @@ def _clean_stale(out_dir, num_shards):
 
 
 def prepare(input_path, out_dir, *, fps=DEFAULT_FPS, height=DEFAULT_HEIGHT, workers=None,
-            videos_per_shard=64, min_frames=DEFAULT_MIN_FRAMES, jpeg_quality=90):
+            videos_per_shard=64, min_frames=DEFAULT_MIN_FRAMES, jpeg_quality=90,
+            keep_truncated=False):
     """Converts a folder tree or list file of videos into TFRecord shards (see module docstring).
 
     Args:
@@ -189,6 +212,8 @@ def prepare(input_path, out_dir, *, fps=DEFAULT_FPS, height=DEFAULT_HEIGHT, work
       videos_per_shard: videos per TFRecord shard.
       min_frames: videos with fewer frames (after resampling) are skipped.
       jpeg_quality: JPEG quality of the stored frames.
+      keep_truncated: store a truncated video's frames before the cut (marked `truncated` in
+        manifest.jsonl) instead of skipping it.
     Returns:
       The report dict (also written to out_dir/report.json).
     """
@@ -202,12 +227,13 @@ def prepare(input_path, out_dir, *, fps=DEFAULT_FPS, height=DEFAULT_HEIGHT, work
         plan.append((SHARD_PATTERN.format(index=i, count=num_shards),
                      videos[i * videos_per_shard:(i + 1) * videos_per_shard]))
     settings = dict(fps=float(fps), height=height, min_frames=min_frames,
-                    jpeg_quality=jpeg_quality)
+                    jpeg_quality=jpeg_quality, keep_truncated=bool(keep_truncated))
     todo = [(name, vids) for name, vids in plan
             if _finished(out_dir, name, [_source(p, f) for _, p, f in vids], settings) is None]
     logging.info("prepare: %d videos in %d shards, %d shards already done, %d to do",
                  len(videos), num_shards, num_shards - len(todo), len(todo))
-    jobs = [(name, (vid, str(path), fps, height, min_frames, jpeg_quality, folder_fps))
+    jobs = [(name, (vid, str(path), fps, height, min_frames, jpeg_quality, folder_fps,
+                    keep_truncated))
             for name, vids in todo for vid, path, folder_fps in vids]
     workers = workers or os.cpu_count() or 1
     _run(jobs, todo, out_dir, workers, settings)
@@ -218,7 +244,7 @@ def _run(jobs, todo, out_dir, workers, settings):
     shard_sizes = {name: len(vids) for name, vids in todo}
     shard_sources = {name: [_source(p, f) for _, p, f in vids] for name, vids in todo}
     writer, done, skipped, start, last_log = None, 0, 0, time.time(), 0.0
-    with contextlib.closing(_ordered(jobs, workers)) as results:
+    with contextlib.closing(pool.ordered(jobs, workers, _encode_job)) as results:
         for name, result in results:
             if writer is None or writer.path.name != name:
                 writer = _ShardWriter(out_dir, name)
@@ -239,71 +265,6 @@ def _run(jobs, todo, out_dir, workers, settings):
                 last_log = now
 
 
-def _failed(args, error):
-    return dict(id=args[0], source=args[1], reason=f"worker failed: {type(error).__name__}: "
-                f"{error}")
-
-
-def _ordered(jobs, workers, fn=_encode_job):
-    """Yields (shard name, fn(args)) in job order, with at most 2 * workers jobs in flight.
-
-    A worker process that dies (a crash inside a decoder, the OOM killer) breaks the pool: the
-    jobs that were in flight are then rerun one at a time in a fresh pool, so that only the video
-    that kills a worker again is reported as failed.
-    """
-    if workers <= 1 or len(jobs) <= 1:
-        for name, args in jobs:
-            yield name, fn(args)
-        return
-
-    def new_pool():
-        return concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"))
-
-    broken = concurrent.futures.process.BrokenProcessPool
-    pool, it = new_pool(), iter(jobs)
-    pending, suspects = collections.deque(), collections.deque()
-    try:
-        while True:
-            if suspects:
-                name, args = suspects.popleft()
-                try:
-                    result = pool.submit(fn, args).result()
-                except broken as e:
-                    logging.warning("a worker died while decoding %s", args[1])
-                    pool.shutdown(wait=True)
-                    pool, result = new_pool(), _failed(args, e)
-                except Exception as e:  # noqa: BLE001
-                    result = _failed(args, e)
-                yield name, result
-                continue
-            try:
-                while len(pending) < 2 * workers:
-                    job = next(it, None)
-                    if job is None:
-                        break
-                    pending.append((job[0], job[1], None))
-                    pending[-1] = (job[0], job[1], pool.submit(fn, job[1]))
-                if not pending:
-                    return
-                name, args, future = pending[0]
-                result = future.result()
-            except broken:
-                logging.warning("a worker process died; rerunning %d videos one at a time",
-                                len(pending))
-                suspects.extend((n, a) for n, a, _ in pending)
-                pending.clear()
-                pool.shutdown(wait=True)
-                pool = new_pool()
-                continue
-            except Exception as e:  # noqa: BLE001 - e.g. a result that cannot be pickled
-                result = _failed(args, e)
-            pending.popleft()
-            yield name, result
-    finally:
-        pool.shutdown(cancel_futures=True)
-
-
 def _write_summary(out_dir, plan, input_path):
     rows, skipped = [], []
     for name, _ in plan:
@@ -311,11 +272,15 @@ def _write_summary(out_dir, plan, input_path):
         rows += meta["videos"]
         skipped += meta["skipped"]
     atomic.write_text(out_dir / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    truncated = [dict(id=r["id"], source=r["source"], reason=r["truncated"]) for r in rows
+                 if r.get("truncated")]
     report = dict(input=str(input_path), videos=len(rows), skipped_count=len(skipped),
-                  frames=sum(r["frames"] for r in rows), shards=len(plan), skipped=skipped)
+                  frames=sum(r["frames"] for r in rows), shards=len(plan), skipped=skipped,
+                  truncated_count=len(truncated), truncated=truncated)
     atomic.write_text(out_dir / "report.json", json.dumps(report, indent=1) + "\n")
-    logging.info("prepare: %d videos stored (%d frames), %d skipped; see %s", len(rows),
-                 report["frames"], len(skipped), out_dir / "report.json")
+    logging.info("prepare: %d videos stored (%d frames, %d of them truncated), %d skipped; see "
+                 "%s", len(rows), report["frames"], len(truncated), len(skipped),
+                 out_dir / "report.json")
     return report
 
 
@@ -349,3 +314,51 @@ def resolve_shards(path):
     if not shards:
         raise FileNotFoundError(f"{path}: no shard folder, manifest, shard file or matching files")
     return shards
+
+
+def check_shard(path):
+    """None if every record of a TFRecord shard reads back (lengths and CRCs), else the reason."""
+    import tensorflow as tf  # noqa: PLC0415 (decoding workers never import TensorFlow)
+
+    count = 0
+    try:
+        for _ in tf.data.TFRecordDataset(str(path)):
+            count += 1
+    except (tf.errors.DataLossError, tf.errors.OutOfRangeError,
+            tf.errors.InvalidArgumentError) as e:
+        return f"truncated or corrupt after {count} good records ({_tf_reason(e)})"
+    meta_path = pathlib.Path(path).with_suffix(".json")
+    if meta_path.is_file():
+        try:
+            expected = len(json.loads(meta_path.read_text())["videos"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        if count != expected:
+            return f"{count} records, its .json lists {expected} videos (cut short?)"
+    return None
+
+
+def _tf_reason(error):
+    """The gist of a tf.data reading error: "truncated record at byte 1620106" and the like."""
+    text = (getattr(error, "message", None) or str(error)).strip().splitlines()[0]
+    text = re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:.*$", "", text)  # graph-node prefix, op suffix
+    m = re.search(r"truncated record at (\d+)", text)
+    return f"a record cut short at byte {m.group(1)}" if m else text
+
+
+def verify(path):
+    """{shard: reason} for every shard of a prepared folder (or manifest, glob) that does not read
+    back whole (see `check_shard`); {} when all are good."""
+    bad = {}
+    for shard in resolve_shards(path):
+        reason = check_shard(shard)
+        if reason:
+            bad[shard] = reason
+    return bad
+
+
+def bad_shard_message(shard, reason):
+    """The one-line error for a bad shard: what is wrong and what to do."""
+    return (f"{shard}: {reason}; remove it and rerun tools/prepare_vlog.py with the same --input "
+            f"and --out to redo it (tools/prepare_vlog.py --verify --out "
+            f"{pathlib.Path(shard).parent} lists every bad shard)")

@@ -9,7 +9,9 @@ without decoding where the container allows it. `VideoWriter` / `write_video` wr
 
 Errors a user can cause (missing, empty, truncated or non-video file, a frame folder with a gap in
 its numbering or frames of different sizes) raise `VideoError`, whose message names the path and
-what was wrong.
+what was wrong. A file whose data stops before the end its headers declare (a cut download or
+copy) raises `TruncatedVideo` after the frames before the cut, naming the frame where decoding
+stopped: never a shorter video without a word.
 """
 
 import fractions
@@ -31,6 +33,22 @@ _FRAME_NUMBER = re.compile(r"(\d+)$")
 
 class VideoError(ValueError):
     """A video file or frame folder that cannot be read; the message names the path."""
+
+
+class TruncatedVideo(VideoError):
+    """A video whose data stops before its end (a cut download or copy).
+
+    Attributes:
+      path: the file; frames: the complete frames before the cut (at the source rate), i.e. the
+        index of the frame where decoding stopped; total: the frame count the headers promise
+        ("250", or "about 40" from a duration), or None; detail: the message without the path.
+    """
+
+    def __init__(self, path, frames, total, why):
+        self.path, self.frames, self.total = path, frames, total
+        of = f" of {total}" if total else ""
+        self.detail = f"truncated video: decoding stopped at frame {frames}{of} ({why})"
+        super().__init__(f"{path}: {self.detail}")
 
 
 def even_width(width, height, new_height):
@@ -123,7 +141,6 @@ def _stream_rate(stream):
 
 def _iter_file(path, fps, height):
     container, stream = _open(path)
-    stream.thread_type = "AUTO"
     src_rate = _stream_rate(stream) or 25.0
     count = 0
     try:
@@ -142,24 +159,77 @@ def _iter_file(path, fps, height):
         raise VideoError(f"{path}: no decodable frames (empty, truncated or corrupt video)")
 
 
+def _declared_end(container, stream, rate):
+    """(seconds, frame count as text) the headers say the video lasts, or (None, None).
+
+    The stream's own frame count (mp4, avi) or duration first; the container's duration only
+    when the stream has neither (mkv, webm), as it may also cover audio.
+    """
+    if stream.frames and rate:
+        return stream.frames / rate, str(stream.frames)
+    if stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration:
+        seconds = container.duration / 1e6  # av.time_base: microseconds
+    else:
+        return None, None
+    return seconds, f"about {round(seconds * rate)}"
+
+
 def _decode_rgb(path, container, stream, height):
-    """Yields (time in seconds, uint8 RGB frame) in presentation order."""
+    """Yields (time in seconds, uint8 RGB frame) in presentation order; raises TruncatedVideo.
+
+    Threaded decoding (thread_type AUTO: faster for large frames on many cores) swallows the
+    error of a packet cut short, so truncation is detected from the packets instead: one the demuxer
+    flags corrupt (an index promising more bytes than the file holds: mp4 with its index at the
+    start, avi), or packets of all streams ending before the duration the headers declare (a cut
+    mkv / webm, or an mp4 / avi cut at a packet boundary).
+    """
+    stream.thread_type = "AUTO"
     src_rate = _stream_rate(stream) or 25.0
-    index = 0
-    try:
-        for frame in container.decode(stream):
+    end, total = _declared_end(container, stream, src_rate)
+    index = packets = 0  # frames decoded, non-empty video packets read
+    last = None  # end time (s) of the packets read, all streams
+
+    def frames(packet):
+        nonlocal index
+        for frame in stream.decode(packet):
             if height is not None and frame.height != height:
                 rgb = frame.to_ndarray(format="rgb24", height=height,
                                        width=even_width(frame.width, frame.height, height),
                                        interpolation=_INTERPOLATION)
             else:
                 rgb = frame.to_ndarray(format="rgb24")
-            t = frame.time if frame.time is not None else index / src_rate
+            # Frames flushed out of the decoder carry no time base: the stream's is theirs.
+            t = (float(frame.pts * stream.time_base) if frame.pts is not None and stream.time_base
+                 else index / src_rate)
             index += 1
             yield t, rgb
+
+    try:
+        for packet in container.demux():
+            if packet.size == 0:  # a flush packet at the end of a stream
+                continue
+            if packet.is_corrupt:
+                yield from frames(None)  # the complete frames still inside the decoder
+                raise TruncatedVideo(path, packets, total, "the data of this frame is cut short")
+            if packet.pts is not None and packet.time_base:
+                t = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                last = t if last is None else max(last, t)
+            if packet.stream.index != stream.index:
+                continue
+            packets += 1
+            yield from frames(packet)
+        yield from frames(None)
     except av.FFmpegError as e:
-        raise VideoError(f"{path}: decoding failed after {index} frames ({e}); the file is "
+        raise VideoError(f"{path}: decoding failed at frame {index} ({e}); the file is "
                          "truncated or corrupt") from None
+    if end is not None and last is not None:
+        start = float(container.start_time or 0) / 1e6
+        # Tolerance: two frames, or 2% of the length (rounded durations, edit lists).
+        if last - start < end - max(2.0 / src_rate, 0.02 * end):
+            raise TruncatedVideo(path, packets, total,
+                                 f"the data ends at {last - start:.2f} s of {end:.2f} s")
 
 
 def _resample(decoded, fps, src_rate):
@@ -201,7 +271,8 @@ def iter_frames(path, fps=None, height=None, folder_fps=None):
         for DAVIS; ignored for video files.
     Returns:
       An iterator of (H, W, 3) uint8 arrays. Paths, folders and container headers are checked
-      before this returns; decoding errors surface while iterating. Both raise VideoError.
+      before this returns; decoding errors and truncation (`TruncatedVideo`) surface while
+      iterating. Both raise VideoError.
     """
     path = pathlib.Path(path)
     if fps is not None and fps <= 0:
