@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tc_keras import convert, encoder_io
+from tc_keras import convert, encoder_io, label_io
 from tc_keras.data import synthetic
 from tests import release_reference as ref
 from tests.pth_writer import write_pth
@@ -215,7 +215,7 @@ def test_converted_encoder_through_convert_export_and_propagate_tools(tmp_path):
     video.mkdir()
     for t, frame in enumerate(frames):
         Image.fromarray(frame).save(video / f"{t:05d}.png")
-    synthetic.save_mask(tmp_path / "mask.png", masks[0])
+    label_io.write_mask(tmp_path / "mask.png", masks[0], label_io.DAVIS_MASK)
     results = {}
     for name, encoder in (("keras", folder), ("saved_model", tmp_path / "export" / "crw"),
                           ("tflite", tmp_path / "export" / "crw.tflite")):
