@@ -33,4 +33,4 @@ def test_output_folders_of_the_examples_are_git_ignored():
     probes = [f"{o}/probe" for o in sorted(outputs)]
     result = subprocess.run(["git", "check-ignore", *probes], cwd=ROOT, capture_output=True,
                             text=True)
-    assert sorted(result.stdout.split()) == probes
+    assert sorted(result.stdout.split()) == sorted(probes)

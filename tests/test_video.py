@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tc_keras.data import video
+from tc_keras.data import video, video_writer
 from tests import broken_files
 
 
@@ -25,7 +25,7 @@ def _index_of(frame):
 
 @pytest.fixture
 def clip(tmp_path):
-    return video.write_video(tmp_path / "clip.mp4", _smooth_frames(30), fps=30)
+    return video_writer.write_video(tmp_path / "clip.mp4", _smooth_frames(30), fps=30)
 
 
 def test_round_trip(clip):
@@ -56,7 +56,7 @@ def test_resize_keeps_aspect_even_width(clip):
 
 
 def test_writer_pads_odd_sizes(tmp_path):
-    path = video.write_video(tmp_path / "odd.mp4", _smooth_frames(3, 33, 47), fps=12)
+    path = video_writer.write_video(tmp_path / "odd.mp4", _smooth_frames(3, 33, 47), fps=12)
     assert video.video_info(path)[("width")] == 48
     assert next(video.iter_frames(path)).shape == (34, 48, 3)
 
@@ -64,7 +64,7 @@ def test_writer_pads_odd_sizes(tmp_path):
 def test_writer_leaves_nothing_on_error(tmp_path):
     path = tmp_path / "crash.mp4"
     with pytest.raises(RuntimeError):
-        with video.VideoWriter(path, fps=12) as writer:
+        with video_writer.VideoWriter(path, fps=12) as writer:
             for frame in _smooth_frames(5):
                 writer.write(frame)
             raise RuntimeError("simulated crash")
@@ -73,7 +73,7 @@ def test_writer_leaves_nothing_on_error(tmp_path):
 
 def test_writer_rejects_size_change(tmp_path):
     with pytest.raises(video.VideoError, match="expected 64x48"):
-        with video.VideoWriter(tmp_path / "x.mp4", fps=12) as writer:
+        with video_writer.VideoWriter(tmp_path / "x.mp4", fps=12) as writer:
             writer.write(_smooth_frames(1)[0])
             writer.write(_smooth_frames(1, 32, 32)[0])
     assert list(tmp_path.iterdir()) == []

@@ -43,6 +43,7 @@ from tc_keras import runtimes  # noqa: E402
 from tc_keras import visualize  # noqa: E402
 from tc_keras.data import davis  # noqa: E402
 from tc_keras.data import video as video_lib  # noqa: E402
+from tc_keras.data import video_writer  # noqa: E402
 
 _VIDEO = flags.DEFINE_string("video", None, "Input video file or folder of numbered frames.")
 _LABELS = flags.DEFINE_string(
@@ -163,7 +164,7 @@ def run_video(source, labels_path, out_dir, embed, config, overlay, step=None, l
     if out_dir.exists() and not _OVERWRITE.value:
         raise ValueError(f"{out_dir}: already exists (use --overwrite to replace it)")
     with atomic.Staged(out_dir, directory=True) as tmp:
-        writer = video_lib.VideoWriter(tmp / "overlay.mp4", fps) if overlay else None
+        writer = video_writer.VideoWriter(tmp / "overlay.mp4", fps) if overlay else None
         with writer or contextlib.nullcontext():
             for t, (frame, pred) in enumerate(stream):
                 name = names[t] if t < len(names) else f"{t:05d}"

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from tc_keras import atomic
 from tc_keras import label_io
-from tc_keras.data import prepare, video
+from tc_keras.data import prepare, video_writer
 
 # Pixels per frame and degrees per frame are relative to min(H, W) so that motion looks alike at
 # any resolution; at 256 px, 12 fps an object crosses a fair part of the frame within one
@@ -195,7 +195,7 @@ def write_corpus(out_dir, num_videos, frames=FRAMES, size=(SIZE, SIZE), fps=12, 
         mask_dir = out_dir / "masks" / name
         if not (path.exists() and (mask_dir / f"{frames - 1:05d}.png").exists()):
             mask_dir.mkdir(parents=True, exist_ok=True)
-            with video.VideoWriter(path, fps) as writer:
+            with video_writer.VideoWriter(path, fps) as writer:
                 for t, (image, mask) in enumerate(iter_video((seed, i), frames, size, **kwargs)):
                     writer.write(image)
                     label_io.write_mask(mask_dir / f"{t:05d}.png", mask, label_io.DAVIS_MASK)
