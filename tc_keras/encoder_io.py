@@ -10,6 +10,7 @@ command-line spec (identity, random, a workdir, a .keras or .weights.h5 file) in
 import pathlib
 
 import keras
+import tensorflow as tf
 
 from tc_keras import atomic
 from tc_keras import ops as tops
@@ -25,7 +26,11 @@ def save_encoder(encoder, path):
 
 
 def make_embed(encoder):
-    """embed(frames_uint8 (B, H, W, 3)) -> (B, H/8, W/8, C) from an encoder on normalised frames."""
+    """embed(frames_uint8 (B, H, W, 3)) -> (B, H/8, W/8, C) from an encoder on normalised frames.
+
+    Compiled (a tf.function, traced once per frame size): a video's frames all run one graph.
+    """
+    @tf.function(reduce_retracing=True)
     def embed(frames):
         return encoder(tops.normalize_frames(frames), training=False)
     return embed

@@ -11,8 +11,9 @@ Three layers, so that each can be reused or exported on its own:
   (several times faster at 480p); `vote` with a radius mask is its reference.
 - `Propagator`: streams frames (generator in, generator out), embeds each frame once with any
   callable `embed(frames_uint8 (B, H, W, 3)) -> (B, h, w, C)` (L2-normalised), keeps only the
-  context (first frame + N previous) in fixed-size buffers, so memory does not grow with the
-  length of the video, and feeds its own soft predictions back as context (recurrent).
+  context (first frame + N previous; `tc_keras.context`, as graph state with a compiled step on
+  the Keras path) in fixed-size buffers, so memory does not grow with the length of the video,
+  and feeds its own soft predictions back as context (recurrent).
 - `propagate_mask` / `propagate_keypoints`: label encodings (one-hot masks with object ids,
   Gaussian keypoint heatmaps) and their decoding at frame resolution.
 
@@ -21,22 +22,19 @@ Q query positions, C channels, K label channels, J joints.
 """
 
 import dataclasses
-import functools
 from typing import Optional
 
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
+from tc_keras.context import GraphContext, NumpyContext
 from tc_keras.encoder import FEATURE_STRIDE
-from tc_keras.label_step import local_tiles, minmax_normalize, radius_mask, vote, vote_local
 
 # Keypoint heatmaps: Gaussian sigma in feature cells, and the number of top locations whose
 # weighted mean gives the keypoint back (PAPER.md, "Inference: label propagation").
 KEYPOINT_SIGMA = 0.5
 KEYPOINT_TOPK = 3
-# Upper bound on the number of logits (M * Q * N, or their local equivalent) and of gathered key
-# features (`vote_local`) computed at once; bounds the step's memory.
-MAX_LOGITS = 2 ** 25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,13 +118,18 @@ def model_size(height, width, config):
 # Streaming over a video
 # ----------------------------------------------------------------------------------------------
 
+@tf.function(reduce_retracing=True)
+def _resize(frame, height, width):
+    """uint8 (H, W, 3) -> uint8 (height, width, 3), bilinear, antialiased when shrinking."""
+    x = tf.image.resize(tf.cast(frame[None], tf.float32), (height, width), antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(x[0]), 0.0, 255.0), tf.uint8)
+
+
 def resize_frame(frame, height, width):
     """uint8 (H, W, 3) -> uint8 (height, width, 3), bilinear with antialiasing when shrinking."""
-    if frame.shape[:2] == (height, width):
+    if tuple(frame.shape[:2]) == (height, width):
         return frame
-    x = ops.image.resize(ops.cast(frame[None], "float32"), (height, width),
-                         interpolation="bilinear", antialias=True)
-    return np.clip(np.round(ops.convert_to_numpy(x[0])), 0, 255).astype(np.uint8)
+    return _resize(frame, height, width)
 
 
 class Propagator:
@@ -134,83 +137,41 @@ class Propagator:
 
     Args:
       embed: callable, uint8 frames (B, H', W', 3) at the model size -> (B, h, w, C) L2-normalised
-        features, h = H'/8, w = W'/8.
+        features, h = H'/8, w = W'/8 (a tf.function, e.g. `encoder_io.make_embed`, keeps the
+        frames in TensorFlow; any callable returning arrays works).
       config: a `PropagationConfig`.
       step: the dense label step, a callable with the interface of `label_step.vote` returning
-        (Q, K); default `vote` itself (Keras). Used without a radius (or without short-term
-        frames), and with a radius when there is no `local_step`.
+        (Q, K), run on NumPy buffers (`context.NumpyContext`). Used without a radius (or without
+        short-term frames), and with a radius when there is no `local_step`.
       local_step: the label step with a radius, a callable with the interface of
-        `label_step.vote_local` returning (T, P, K). Default: `vote_local` (Keras) when `step` is
-        None too, else None (then `step` runs with the dense radius mask: same labels, slower).
-        An exported model's `propagate*` signatures (`tc_keras.export` runtimes) plug in here, so
-        every runtime runs the same step.
+        `label_step.vote_local` returning (T, P, K). An exported model's `propagate*` signatures
+        (tc_keras.runtimes) plug in here, so every runtime runs the same step.
+        With neither step given, `vote` / `vote_local` run compiled, the context kept as graph
+        state (`context.GraphContext`): the fast path.
 
     Only the first frame and the `config.context` most recent frames (features and labels) are
-    kept, in fixed-size buffers: memory does not grow with the video length. The recent frames are
-    stored position-major, (N, context, C), the layout `vote_local` gathers from.
+    kept, in fixed-size buffers: memory does not grow with the video length.
     """
 
     def __init__(self, embed, config=PRESETS["default"], step=None, local_step=None):
         self.embed = embed
         self.config = config
-        self.local_step = vote_local if step is None and local_step is None else local_step
-        self.step = vote if step is None else step
+        self.step = step
+        self.local_step = local_step
 
     def feature_size(self, height, width):
         mh, mw = model_size(height, width, self.config)
         return mh // FEATURE_STRIDE, mw // FEATURE_STRIDE
 
     def _features(self, frame):
+        """(N, C) features of a uint8 (H, W, 3) frame at the model size (a tensor or an array)."""
         mh, mw = model_size(frame.shape[0], frame.shape[1], self.config)
         feats = self.embed(resize_frame(frame, mh, mw)[None])
-        feats = np.asarray(ops.convert_to_numpy(feats), np.float32)[0]
-        expected = (mh // FEATURE_STRIDE, mw // FEATURE_STRIDE)
-        if feats.shape[:2] != expected:
-            raise ValueError(f"embed returned features {feats.shape[:2]} for a {mh}x{mw} frame; "
-                             f"expected {expected} (stride {FEATURE_STRIDE})")
-        return feats  # (h, w, C)
-
-    def _kwargs(self, n):
-        return dict(topk=min(self.config.topk, n), temperature=self.config.temperature,
-                    joint_topk=self.config.joint_topk)
-
-    def _dense_step(self, first_feats, first_labels, feat_buf, label_buf, query, allowed):
-        """Chunked `step` over query positions -> (N, K); the context as `vote` takes it."""
-        # (N, S, C) -> (S, N, C) after the first frame (1, N, C): (M, N, C), slot order kept.
-        feats = np.concatenate([first_feats, feat_buf.transpose(1, 0, 2)], 0)
-        labels = np.concatenate([first_labels, label_buf.transpose(1, 0, 2)], 0)
-        m, n, _ = feats.shape
-        short_term = np.arange(m) > 0
-        chunk = max(1, MAX_LOGITS // (m * n))
-        feats_t = ops.convert_to_tensor(feats)
-        labels_t = ops.convert_to_tensor(labels)
-        short_t = ops.convert_to_tensor(short_term)
-        out = []
-        for start in range(0, n, chunk):
-            rows = None if allowed is None else ops.convert_to_tensor(allowed[start:start + chunk])
-            out.append(ops.convert_to_numpy(self.step(
-                feats_t, labels_t, ops.convert_to_tensor(query[start:start + chunk]), rows,
-                short_t, **self._kwargs(n))))
-        return np.concatenate(out, 0)
-
-    def _local_step(self, first_feats, first_labels, feat_buf, label_buf, query, tiles,
-                    key_index, allowed):
-        """Chunked `local_step` over query tiles -> (N, K); `key_index`, `allowed`: the tiles'
-        as tensors, converted once per video (a numpy -> tensor conversion copies)."""
-        n, s, c = feat_buf.shape
-        t, p = tiles.query_index.shape
-        r = tiles.key_index.shape[1]
-        # Per tile: logits P * (N + S*R), gathered key features S * R * C.
-        chunk = max(1, MAX_LOGITS // max(p * (len(first_feats) * n + s * r), s * r * c))
-        args = [ops.convert_to_tensor(x) for x in (first_feats, first_labels, feat_buf, label_buf)]
-        queries = ops.convert_to_tensor(query[tiles.query_index])  # (N, C) -> (T, P, C)
-        out = []
-        for start in range(0, t, chunk):
-            out.append(ops.convert_to_numpy(self.local_step(
-                *args, queries[start:start + chunk], key_index[start:start + chunk],
-                allowed[start:start + chunk], **self._kwargs(n))))
-        out = np.concatenate(out, 0)  # (T, P, K)
-        return out.reshape(t * p, -1)[tiles.slot]  # (T, P, K) -> (T*P, K) -> (N, K)
+        expected = (1, mh // FEATURE_STRIDE, mw // FEATURE_STRIDE)
+        if tuple(feats.shape[:3]) != expected:
+            raise ValueError(f"embed returned features {tuple(feats.shape[1:3])} for a {mh}x{mw} "
+                             f"frame; expected {expected[1:]} (stride {FEATURE_STRIDE})")
+        return ops.reshape(feats, (expected[1] * expected[2], -1))  # (1, h, w, C) -> (N, C)
 
     def run(self, frames, first_labels):
         """Yields (frame, labels (h, w, K) float32) for every frame, the first included.
@@ -229,36 +190,18 @@ class Propagator:
         if first_labels.shape[:2] != (h, w):
             raise ValueError(f"first-frame labels are {first_labels.shape[:2]}, expected the "
                              f"feature size {(h, w)}")
-        feats0 = self._features(first).reshape(h * w, -1)  # (h, w, C) -> (N, C)
+        feats0 = self._features(first)
         labels0 = first_labels.reshape(h * w, -1)  # (h, w, K) -> (N, K)
-        context = self.config.context
-        # The first frame (long-term), and the recent frames (short-term) position-major, padded
-        # with copies of the first frame (PAPER.md).
-        first_feats, first_labels_n = feats0[None], labels0[None]  # (1, N, C), (1, N, K)
-        feat_buf = np.repeat(feats0[:, None], context, axis=1)  # (N, S, C)
-        label_buf = np.repeat(labels0[:, None], context, axis=1)  # (N, S, K)
-        radius = self.config.radius
-        if radius is not None and context and self.local_step is not None:
-            tiles = local_tiles(h, w, radius)
-            step = functools.partial(self._local_step, tiles=tiles,
-                                     key_index=ops.convert_to_tensor(tiles.key_index),
-                                     allowed=ops.convert_to_tensor(tiles.allowed))
+        if self.step is None and self.local_step is None:
+            context = GraphContext(feats0, labels0, h, w, self.config)
         else:
-            allowed = None if radius is None or not context else radius_mask(h, w, radius)
-            step = functools.partial(self._dense_step, allowed=allowed)
+            context = NumpyContext(feats0, labels0, h, w, self.config, self.step, self.local_step)
         yield first, first_labels
         for t, frame in enumerate(it, start=1):
             if frame.shape != first.shape:
                 raise ValueError(f"frame {t} is {frame.shape}, the first frame {first.shape}")
-            query = self._features(frame).reshape(h * w, -1)  # (N, C)
-            pred = step(first_feats, first_labels_n, feat_buf, label_buf, query)  # (N, K)
-            if self.config.minmax:
-                pred = ops.convert_to_numpy(minmax_normalize(pred))
-            yield frame, pred.reshape(h, w, -1)
-            if context:
-                slot = (t - 1) % context
-                feat_buf[:, slot] = query
-                label_buf[:, slot] = pred
+            pred = context.step(self._features(frame))  # (N, K)
+            yield frame, np.asarray(pred, np.float32).reshape(h, w, -1)
 
 
 def _peek(frames):
@@ -313,8 +256,14 @@ def propagate_mask(frames, first_mask, embed, config=PRESETS["default"], step=No
     next(stream)
     yield first, first_mask
     for frame, soft in stream:
-        up = ops.image.resize(soft[None], (height, width), interpolation="bilinear")[0]
-        yield frame, ids[ops.convert_to_numpy(ops.argmax(up, axis=-1))]
+        yield frame, ids[_label_map(soft, height, width).numpy()]
+
+
+@tf.function(reduce_retracing=True)
+def _label_map(soft, height, width):
+    """(h, w, K) soft labels -> (height, width) channel of the largest after bilinear upsampling."""
+    up = tf.image.resize(soft[None], (height, width), method="bilinear")[0]
+    return tf.argmax(up, axis=-1, output_type=tf.int32)
 
 
 def _chain(first, rest):

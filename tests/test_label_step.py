@@ -112,17 +112,26 @@ def test_local_tiles_cover_the_radius():
     h, w, radius = 13, 17, 3.5
     tiles = L.local_tiles(h, w, radius, (4, 5))
     t, p = tiles.query_index.shape
-    assert tiles.allowed.shape == (t, p, tiles.key_index.shape[1])
-    assert tiles.key_index.shape[1] == (4 + 6) * (5 + 6)
+    r = tiles.key_index.shape[1]
+    assert tiles.allowed.shape == (t, p, r)
+    real = (4 + 6) * (5 + 6)
+    assert r == -(-real // L.TOPK_BLOCK) * L.TOPK_BLOCK  # padded to whole blocks
+    assert np.all(tiles.key_index[:, real:] == -1) and not tiles.allowed[:, :, real:].any()
     np.testing.assert_array_equal(tiles.query_index.ravel()[tiles.slot], np.arange(h * w))
-    assert np.all(np.diff(tiles.key_index, axis=1) > 0)  # increasing: `vote`'s tie order
+    assert np.all(np.diff(tiles.key_index[:, :real], axis=1) > 0)  # increasing: `vote`'s order
     dense = L.radius_mask(h, w, radius)
     for i in range(t):
         # Every key within the radius of a tile query lies in the tile's region, and `allowed`
         # is the dense mask restricted to the region.
         rows = dense[tiles.query_index[i]]  # (P, N)
         assert rows.sum() == tiles.allowed[i].sum()
-        np.testing.assert_array_equal(rows[:, tiles.key_index[i]], tiles.allowed[i])
+        np.testing.assert_array_equal(rows[:, tiles.key_index[i, :real]], tiles.allowed[i, :, :real])
+
+
+def test_choose_tile_weighs_wasted_keys_against_gathers():
+    assert L.choose_tile(30, 53, 12.0) == (30, 8)   # size 240: full-height bands
+    assert L.choose_tile(60, 107, 12.0) == (12, 12)  # 480p
+    assert L.choose_tile(5, 6, 12.0) == (5, 6)      # the map fits in one region
 
 
 def test_radius_mask_counts():
@@ -144,3 +153,25 @@ def test_propagate_step_shapes_and_minmax():
     assert out.shape == (4, 6, 2)
     np.testing.assert_allclose(out.reshape(-1, 2).min(0), 0.0, atol=1e-6)
     np.testing.assert_allclose(out.reshape(-1, 2).max(0), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("topk", [1, 10, 60])
+def test_blocked_joint_topk_on_unpadded_regions_and_large_k(topk):
+    """Regions that are not a whole number of blocks (tiles made elsewhere, older exports) and a
+    k above the number of blocks give `vote`'s labels too."""
+    rng = np.random.default_rng(5)
+    h, w, m, c, k = 7, 9, 3, 6, 2
+    feats = random_unit(rng, m, h, w, c)
+    labels = rng.uniform(size=(m, h, w, k))
+    queries = random_unit(rng, h * w, c)
+    tiles = L.local_tiles(h, w, 1.5, (3, 4))
+    real = int((tiles.key_index[0] >= 0).sum())
+    flat_feats, flat_labels = feats.reshape(m, h * w, c), labels.reshape(m, h * w, k)
+    got = L.vote_local(flat_feats[:1], flat_labels[:1], flat_feats[1:].transpose(1, 0, 2),
+                       flat_labels[1:].transpose(1, 0, 2), queries[tiles.query_index],
+                       tiles.key_index[:, :real], tiles.allowed[:, :, :real], topk=topk,
+                       temperature=0.1)
+    got = np.asarray(got).reshape(-1, k)[tiles.slot]
+    want = np.asarray(L.vote(flat_feats, flat_labels, queries, L.radius_mask(h, w, 1.5),
+                             np.arange(m) > 0, topk=topk, temperature=0.1))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tc_keras import metrics
+from tc_keras import context, label_step
 from tc_keras import propagate as P
 from tc_keras.encoder import FEATURE_STRIDE
 from tests.test_label_step import random_unit
@@ -105,7 +106,7 @@ def test_mask_propagation_keeps_object_ids_and_chunking_is_invisible(monkeypatch
     video, masks = synthetic_video(frames=4)
     first = masks[0].astype(np.uint8) * 7  # object id 7
     whole = [m for _, m in P.propagate_mask(video, first, code_embed)]
-    monkeypatch.setattr(P, "MAX_LOGITS", 50)  # forces many query chunks
+    monkeypatch.setattr(context, "MAX_LOGITS", 50)  # forces many query chunks
     chunked = [m for _, m in P.propagate_mask(video, first, code_embed)]
     for t in range(4):
         assert set(np.unique(whole[t])) == {0, 7}
@@ -128,15 +129,18 @@ def test_local_and_dense_paths_propagate_the_same(radius):
 
     def counted(*args, **kwargs):
         calls.append(1)
-        return P.vote_local(*args, **kwargs)
+        return label_step.vote_local(*args, **kwargs)
 
     config = dataclasses.replace(P.PRESETS["default"], radius=radius, context=3, topk=4)
     labels0 = rng.uniform(size=(5, 7, 2)).astype(np.float32)
-    local = [x for _, x in P.Propagator(embed, config, local_step=counted).run(frames, labels0)]
+    local = [x for _, x in P.Propagator(embed, config, step=label_step.vote,
+                                        local_step=counted).run(frames, labels0)]
     assert bool(calls) == (radius is not None)
-    dense = [x for _, x in P.Propagator(embed, config, step=P.vote).run(frames, labels0)]
-    for t, (a, b) in enumerate(zip(local, dense)):
+    dense = [x for _, x in P.Propagator(embed, config, step=label_step.vote).run(frames, labels0)]
+    graph = [x for _, x in P.Propagator(embed, config).run(frames, labels0)]  # compiled path
+    for t, (a, b, c) in enumerate(zip(local, dense, graph)):
         np.testing.assert_allclose(a, b, atol=1e-6, err_msg=f"frame {t}")
+        np.testing.assert_allclose(c, b, atol=1e-6, err_msg=f"frame {t}")
 
 
 def test_identity_baseline_copies_the_first_mask():
@@ -179,11 +183,11 @@ def test_context_buffers_stay_bounded():
     onehot = np.stack([masks[0] == 0, masks[0] == 1], -1).astype(np.float32)
     labels0 = onehot.reshape(h, CELL, w, CELL, 2).mean((1, 3))
     stream = prop.run(iter(video), labels0)
+    next(stream)
     shapes = set()
     for _ in stream:
-        f_locals = stream.gi_frame.f_locals
-        shapes.add((f_locals["first_feats"].shape, f_locals["feat_buf"].shape,
-                    f_locals["label_buf"].shape))
+        ctx = stream.gi_frame.f_locals["context"]
+        shapes.add((tuple(ctx.first_feats.shape), tuple(ctx.feats.shape), tuple(ctx.labels.shape)))
     assert shapes == {((1, h * w, len(_PALETTE)), (h * w, 2, len(_PALETTE)), (h * w, 2, 2))}
 
 

@@ -23,6 +23,8 @@ video, frame folder with gaps or mixed sizes, mask of the wrong size, without an
 print one line and exit with status 1. Progress: a bar on a terminal, plain lines otherwise.
 """
 
+import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import pathlib
@@ -88,6 +90,9 @@ _FPS = flags.DEFINE_float("fps", 12.0, "Overlay frame rate for frame folders, fr
                           "(video files keep their own rate; default 12).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing outputs (default: refuse).")
 
+# Frames whose outputs may wait for the writer thread (bounds memory to a few frames).
+_WRITE_QUEUE = 4
+
 
 def config_from_flags():
     """The preset with the protocol flags that were given applied on top."""
@@ -142,7 +147,7 @@ def run_video(source, labels_path, out_dir, embed, config, overlay, step=None, l
     """Propagates one video's first-frame labels into `out_dir` (atomically)."""
     info = video_lib.video_info(source)
     names = frame_names(source, info["frames"])
-    frames = video_lib.iter_frames(source)
+    frames = video_lib.prefetched(video_lib.iter_frames(source))  # decoding runs ahead
     size = (info["height"], info["width"])
     keypoints = pathlib.Path(labels_path).suffix.lower() == ".json"
     if keypoints:
@@ -165,19 +170,31 @@ def run_video(source, labels_path, out_dir, embed, config, overlay, step=None, l
         raise ValueError(f"{out_dir}: already exists (use --overwrite to replace it)")
     with atomic.Staged(out_dir, directory=True) as tmp:
         writer = video_writer.VideoWriter(tmp / "overlay.mp4", fps) if overlay else None
-        with writer or contextlib.nullcontext():
+
+        def write(t, frame, pred):  # runs on the writer thread, one frame after the other
+            name = names[t] if t < len(names) else f"{t:05d}"
+            if keypoints:
+                (tmp / f"{name}.json").write_text(label_io.keypoints_json(pred[None], meta))
+                shown = visualize.overlay_keypoints(frame, pred)
+            else:
+                label_io.write_mask(tmp / f"{name}.png", pred, fmt)
+                shown = visualize.overlay_mask(frame, pred, fmt)
+            if writer is not None:
+                writer.write(shown)
+
+        # Writing PNGs and the overlay overlaps the next frames' decoding and propagation.
+        with writer or contextlib.nullcontext(), \
+                concurrent.futures.ThreadPoolExecutor(1, "writer") as pool:
+            pending = collections.deque()
             for t, (frame, pred) in enumerate(stream):
-                name = names[t] if t < len(names) else f"{t:05d}"
                 if keypoints:
                     all_joints.append(pred)
-                    (tmp / f"{name}.json").write_text(label_io.keypoints_json(pred[None], meta))
-                    shown = visualize.overlay_keypoints(frame, pred)
-                else:
-                    label_io.write_mask(tmp / f"{name}.png", pred, fmt)
-                    shown = visualize.overlay_mask(frame, pred, fmt)
-                if writer is not None:
-                    writer.write(shown)
+                pending.append(pool.submit(write, t, frame, pred))
+                while len(pending) > _WRITE_QUEUE or (pending and pending[0].done()):
+                    pending.popleft().result()  # raises the writer's error, if any
                 bar.update(t + 1)
+            while pending:
+                pending.popleft().result()
             bar.done()
         if keypoints:
             (tmp / "keypoints.json").write_text(label_io.keypoints_json(np.stack(all_joints), meta))

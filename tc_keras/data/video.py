@@ -14,7 +14,9 @@ stopped: never a shorter video without a word.
 """
 
 import pathlib
+import queue
 import re
+import threading
 
 import av
 import numpy as np
@@ -313,3 +315,43 @@ def video_info(path, exact=False):
                     width=stream.codec_context.width, height=stream.codec_context.height)
     finally:
         container.close()
+
+
+def prefetched(items, depth=4):
+    """Yields `items` (e.g. decoded frames) while a thread already produces the next `depth`.
+
+    Decoding runs beside whatever consumes the frames (PyAV, PIL and TensorFlow release the
+    GIL). An error in the producer is raised in the consumer, at the item where it happened;
+    closing the generator stops the thread.
+    """
+    done = object()
+    slots = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((done, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            slots.put((done, e))
+
+    thread = threading.Thread(target=produce, daemon=True, name="prefetch")
+    thread.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
