@@ -193,3 +193,25 @@ def test_context_buffers_stay_bounded():
 
 def test_default_preset_is_the_follow_up_protocol():
     assert P.PRESETS["default"] == P.PRESETS["crw"] == P.PropagationConfig()
+
+
+def test_masks_on_a_dev_sequence_match_the_dense_reference(shared_data):
+    """Real frames and a random ResNet-18: the compiled local path (graph context, `vote_local`)
+    gives the masks of the dense `vote` with the radius mask (NumPy context), up to a handful of
+    pixels where float summation order may flip a near tie (at most 0.1%), and the same J&F."""
+    from tc_keras import encoder_io, label_io
+    from tc_keras.data import video
+
+    root = shared_data / "davis2016-dev"
+    frames = list(video.iter_frames(root / "JPEGImages/480p/blackswan"))[:8]
+    gt = [label_io.read_mask(root / f"Annotations/480p/blackswan/{t:05d}.png")[0]
+          for t in range(8)]
+    config = dataclasses.replace(P.PRESETS["default"], size=120, context=5)
+    embed = encoder_io.load_encoder("random", 18)
+    fast = [m for _, m in P.propagate_mask(frames, gt[0], embed, config)]
+    ref = [m for _, m in P.propagate_mask(frames, gt[0], embed, config, step=label_step.vote)]
+    differing = sum(int((a != b).sum()) for a, b in zip(fast, ref))
+    assert differing <= 1e-3 * sum(m.size for m in ref), differing
+    scores = [metrics.davis_summary({"s": metrics.evaluate_frames(gt, m, [1])})["J&F-Mean"]
+              for m in (fast, ref)]
+    assert abs(scores[0] - scores[1]) <= 1e-3, scores

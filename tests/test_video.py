@@ -1,5 +1,7 @@
 """Tests for tc_keras.data.video: decoding, resampling, resizing, writing, clear errors."""
 
+import time
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -233,3 +235,29 @@ def test_real_mp4_with_index_at_start_cut_in_half(shared_data, tmp_path):
 def test_real_video_resampled_to_12fps(shared_data):
     frames = list(video.iter_frames(shared_data / "real-clips/bikes.mp4", fps=12, height=64))
     assert len(frames) == 120  # 250 frames at 25 fps = 10 s
+
+
+def test_prefetched_keeps_order_passes_errors_and_stops():
+    import threading
+
+    assert list(video.prefetched(iter(range(20)), depth=3)) == list(range(20))
+
+    def broken():
+        yield 1
+        yield 2
+        raise video.VideoError("clip.mp4: decoding failed at frame 2")
+
+    got = []
+    with pytest.raises(video.VideoError, match="frame 2"):
+        for item in video.prefetched(broken()):
+            got.append(item)
+    assert got == [1, 2]
+    before = threading.active_count()
+    stream = video.prefetched(iter(range(10 ** 6)), depth=2)
+    next(stream)
+    stream.close()  # the producer thread ends
+    for _ in range(50):
+        if threading.active_count() <= before:
+            break
+        time.sleep(0.05)
+    assert threading.active_count() <= before
