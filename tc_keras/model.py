@@ -137,28 +137,42 @@ class TimeCycle(keras.Model):
         def frame(back):  # features of the frame `back` steps before the target (1..k)
             return past_feats[:, k - back]
 
+        def track(images, queries):
+            """One tracker call for n independent (image, query) pairs of (B, ...) tensors each:
+            stacked into a batch of n*B, results split back into n tensors."""
+            n = len(images)
+            out = self.tracker(keras.ops.concatenate(images, 0), keras.ops.concatenate(queries, 0))
+            # (n*B, ...) -> n x (B, ...)
+            return {key: keras.ops.split(value, n, axis=0) for key, value in out.items()}
+
         # First step into each past frame, straight from the target patch (skip cycles, L_sim,
-        # and the first backward step of every long cycle).
-        first = [self.tracker(frame(i), query) for i in range(1, k + 1)]
-        theta_skip = [self.tracker(target_feats, step["features"])["theta"] for step in first]
+        # and the first backward step of every long cycle): one call for the k frames.
+        first = track([frame(i) for i in range(1, k + 1)], [query] * k)
+        # Skip cycles (each first step back into the target) and the patch in its own frame.
+        back = track([target_feats] * (k + 1), first["features"] + [query])
+        theta_skip, theta_self = back["theta"][:k], back["theta"][k]
         # Backward chain t-1, t-2, ..., t-k: backward[i-1] is the query after i steps back.
-        backward = [first[0]["features"]]
+        backward = [first["features"][0]]
         for i in range(2, k + 1):
-            backward.append(self.tracker(frame(i), backward[-1])["features"])
+            backward.append(track([frame(i)], [backward[-1]])["features"][0])
         # Long cycle i: i steps back, then forward through t-i+1 .. t-1, then into the target.
+        # Round r steps every cycle that is still on its way (i > r) into frame t-(i-r): one call
+        # per round, then one call for all cycles into the target.
         theta_long = [theta_skip[0]]  # i = 1 is the same computation as skip 1
-        for i in range(2, k + 1):
-            q = backward[i - 1]
-            for j in range(i - 1, 0, -1):
-                q = self.tracker(frame(j), q)["features"]
-            theta_long.append(self.tracker(target_feats, q)["theta"])
+        queries = {i: backward[i - 1] for i in range(2, k + 1)}
+        for r in range(1, k):
+            cycles = [i for i in queries if i > r]
+            out = track([frame(i - r) for i in cycles], [queries[i] for i in cycles])
+            queries.update(zip(cycles, out["features"]))
+        if queries:
+            theta_long += track([target_feats] * len(queries), list(queries.values()))["theta"]
         return {
             "theta_long": keras.ops.stack(theta_long, axis=1),
             "theta_skip": keras.ops.stack(theta_skip, axis=1),
-            "theta_first": keras.ops.stack([s["theta"] for s in first], axis=1),
-            "theta_self": self.tracker(target_feats, query)["theta"],
-            "affinity_first": keras.ops.stack([s["affinity"] for s in first], axis=1),
-            "tracked_first": keras.ops.stack([s["features"] for s in first], axis=1),
+            "theta_first": keras.ops.stack(first["theta"], axis=1),
+            "theta_self": theta_self,
+            "affinity_first": keras.ops.stack(first["affinity"], axis=1),
+            "tracked_first": keras.ops.stack(first["features"], axis=1),
             "query": query,
         }
 

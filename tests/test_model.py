@@ -173,3 +173,49 @@ def test_similarity_term_alone_reaches_the_localizer_unless_stopped(sim_theta_gr
         assert norm > 1e-4
     else:
         assert norm == 0.0
+
+
+def _reference_unroll(model, batch):
+    """The cycles of PAPER.md one tracker call at a time (21 calls for k = 4), as written before
+    the calls were batched: the model's outputs must equal these."""
+    k = model.num_past
+    past, target, patch = (np.asarray(batch[key]) for key in ("past", "target", "patch"))
+    b = past.shape[0]
+    feats = model.encoder(np.concatenate([past.reshape((-1,) + past.shape[2:]), target]),
+                          training=False)
+    past_feats = np.asarray(feats[:b * k]).reshape((b, k) + tuple(feats.shape[1:]))
+    target_feats, query = feats[b * k:], model.encoder(patch, training=False)
+    frame = lambda back: past_feats[:, k - back]  # noqa: E731
+    first = [model.tracker(frame(i), query) for i in range(1, k + 1)]
+    theta_skip = [model.tracker(target_feats, s["features"])["theta"] for s in first]
+    backward = [first[0]["features"]]
+    for i in range(2, k + 1):
+        backward.append(model.tracker(frame(i), backward[-1])["features"])
+    theta_long = [theta_skip[0]]
+    for i in range(2, k + 1):
+        q = backward[i - 1]
+        for j in range(i - 1, 0, -1):
+            q = model.tracker(frame(j), q)["features"]
+        theta_long.append(model.tracker(target_feats, q)["theta"])
+    return {"theta_long": np.stack(theta_long, 1), "theta_skip": np.stack(theta_skip, 1),
+            "theta_first": np.stack([s["theta"] for s in first], 1),
+            "theta_self": model.tracker(target_feats, query)["theta"],
+            "affinity_first": np.stack([s["affinity"] for s in first], 1),
+            "tracked_first": np.stack([s["features"] for s in first], 1), "query": query}
+
+
+@pytest.mark.parametrize("num_past", [1, 3])
+def test_batched_tracker_calls_equal_one_call_at_a_time(num_past):
+    """The unroll batches independent tracker calls (9 calls instead of 21 for k = 4): same
+    outputs and losses as one call at a time, to float tolerance."""
+    model = small_model(num_past=num_past)
+    batch = make_batch(5, k=num_past)
+    out = model(batch, training=False)
+    ref = _reference_unroll(model, batch)
+    for key, value in ref.items():
+        np.testing.assert_allclose(np.asarray(out[key]), np.asarray(value), rtol=1e-4,
+                                   atol=1e-5, err_msg=key)
+    got, want = model.compute_losses(batch, out), model.compute_losses(batch, ref)
+    for key in want:
+        np.testing.assert_allclose(float(got[key]), float(want[key]), rtol=1e-4, atol=1e-6,
+                                   err_msg=key)
