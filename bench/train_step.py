@@ -1,29 +1,57 @@
-"""Train-step speed: seconds per clip for ResNet-18 and ResNet-50, and the achieved share of peak.
+"""Train-step speed: s/clip in float32 and bfloat16 for ResNet-18 and ResNet-50, the achieved share of
+the matmul FLOP/s, and where the time goes.
 
-    python bench/train_step.py                          # 240 px, 4 past frames, batch 4
-    python bench/train_step.py --batch_size 2 --steps 3 --encoders resnet18
+    python bench/train_step.py                       # batch 2, 240 px, 4 past frames (~6 minutes)
+    python bench/train_step.py --encoders resnet18 --precisions float32 --steps 2
 
-For each encoder: builds TimeCycle, runs warm-up steps (tracing), then times `--steps` optimizer
-steps of `model.train_step` on a fixed random batch (data loading excluded). FLOPs of one step are
-counted by TensorFlow's profiler on the traced step graph (forward, backward and update); achieved
-FLOP/s = FLOPs / seconds. In the same process, a large float32 matmul gives the machine's
-practical peak FLOP/s; the ratio of the two is printed. Figures only; no asserts.
+For each encoder and precision (`mixed_bfloat16`: bfloat16 encoder, float32 tracker, as
+`--mixed_precision`): builds TimeCycle, runs 2 warm-up steps (tracing), then times `--steps` steps
+of the compiled `train_step` on a fixed random batch (data loading excluded). FLOPs of one step
+(forward, backward, update) are counted by TensorFlow's profiler on the traced step. The achieved
+FLOP/s are divided by the FLOP/s of a float32 4096^2 matmul measured in the same run by
+TensorFlow and, when torch is installed (the test extra), by PyTorch (2 threads, in a child
+process: the two runtimes' thread pools are not mixed). Issue 15's target: the ResNet-50 float32
+step at >= 0.86 of PyTorch's matmul FLOP/s (the official PyTorch code's step ran at 0.69 of it; 0.86
+is 0.8x its time per clip). Then a TensorFlow profile of `--profile_steps` ResNet-50 float32 steps:
+the ops that take the most time. Figures only; no asserts.
 """
 
+import collections
 import json
 import os
 import pathlib
+import subprocess
+import sys
+import tempfile
 import time
 
-from absl import app, flags
+from tc_keras import cli  # noqa: F401 (first: quiets TensorFlow's start-up)
+
+from absl import app, flags  # noqa: E402
 
 flags.DEFINE_list("encoders", ["resnet18", "resnet50"], "Encoders to time.")
-flags.DEFINE_integer("batch_size", 4, "Clips per step.")
+flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Keras dtype policies to time.")
+flags.DEFINE_integer("batch_size", 2, "Clips per step.")
 flags.DEFINE_integer("crop_size", 240, "Crop size (px).")
 flags.DEFINE_integer("num_past", 4, "Past frames per clip.")
-flags.DEFINE_integer("steps", 5, "Timed steps (after 2 warm-up steps).")
+flags.DEFINE_integer("steps", 3, "Timed steps (after 2 warm-up steps).")
+flags.DEFINE_integer("profile_steps", 2, "ResNet-50 float32 steps profiled for the op table "
+                     "(0 = no profile).")
+flags.DEFINE_integer("top_ops", 15, "Rows of the op table.")
 flags.DEFINE_integer("matmul_size", 4096, "Side of the square matmul for peak FLOP/s.")
 flags.DEFINE_string("json", "", "Also write the figures to this JSON file.")
+
+_TORCH_MATMUL = """
+import sys, time, torch
+torch.set_num_threads(2)
+n = int(sys.argv[1])
+a, b = torch.randn(n, n), torch.randn(n, n)
+a @ b
+best = float("inf")
+for _ in range(5):
+    start = time.perf_counter(); a @ b; best = min(best, time.perf_counter() - start)
+print(2 * n ** 3 / best)
+"""
 
 
 def random_batch(batch_size, crop_size, num_past, seed=0):
@@ -41,28 +69,36 @@ def random_batch(batch_size, crop_size, num_past, seed=0):
 
 
 def step_flops(model, batch):
-    """Float operations of one traced train step, counted by the TF profiler."""
+    """Float operations of one traced train step, counted by TensorFlow's profiler."""
     import tensorflow as tf
 
     spec = {k: tf.TensorSpec(v.shape, tf.float32) for k, v in batch.items()}
     graph = tf.function(model.train_step).get_concrete_function(spec).graph
-    profiler = tf.compat.v1.profiler
-    opts = profiler.ProfileOptionBuilder.float_operation()
+    opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     opts["output"] = "none"
-    return profiler.profile(graph, options=opts).total_float_ops
+    return tf.compat.v1.profiler.profile(graph, options=opts).total_float_ops
 
 
-def time_train_step(depth, batch_size=4, crop_size=240, num_past=4, steps=5):
-    """dict(seconds_per_step, seconds_per_clip, flops_per_step) for one encoder depth."""
+def build(depth, precision, batch_size, crop_size, num_past):
+    import keras
     import tensorflow as tf
 
     from tc_keras.model import TimeCycle
 
+    keras.mixed_precision.set_global_policy(precision)
+    keras.utils.set_random_seed(0)
     model = TimeCycle(depth=depth, num_past=num_past, crop_size=crop_size)
     model.build_from_crop()
     model.compile()
     batch = random_batch(batch_size, crop_size, num_past)
-    tensors = {k: tf.constant(v) for k, v in batch.items()}
+    return model, batch, {k: tf.constant(v) for k, v in batch.items()}
+
+
+def time_train_step(depth, precision="float32", batch_size=2, crop_size=240, num_past=4, steps=3):
+    """dict(seconds_per_step, seconds_per_clip, flops_per_step) for one encoder and policy."""
+    import tensorflow as tf
+
+    model, batch, tensors = build(depth, precision, batch_size, crop_size, num_past)
     step = tf.function(model.train_step)
     for _ in range(2):
         logs = step(tensors)
@@ -73,7 +109,41 @@ def time_train_step(depth, batch_size=4, crop_size=240, num_past=4, steps=5):
     float(logs["loss"])
     seconds = (time.perf_counter() - start) / steps
     return dict(seconds_per_step=seconds, seconds_per_clip=seconds / batch_size,
-                flops_per_step=step_flops(model, batch))
+                flops_per_step=step_flops(model, batch), loss=float(logs["loss"]))
+
+
+def op_table(depth, steps, batch_size, crop_size, num_past, rows):
+    """[(op type, seconds per step, share)] of `steps` profiled float32 steps, summed over threads."""
+    import tensorflow as tf
+    # The profile is written as XSpace protos; TensorFlow ships the proto module under tsl but no
+    # public reader of it (TensorBoard's profile plugin is not a dependency): read it directly.
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    model, _, tensors = build(depth, "float32", batch_size, crop_size, num_past)
+    step = tf.function(model.train_step)
+    for _ in range(2):
+        float(step(tensors)["loss"])
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        for _ in range(steps):
+            logs = step(tensors)
+        float(logs["loss"])
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(next(pathlib.Path(logdir).rglob("*.xplane.pb")).read_bytes())
+    by_type = collections.Counter()
+    for plane in space.planes:
+        names = plane.event_metadata
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):  # TensorFlow's op executor threads
+                continue
+            for event in line.events:
+                name = names[event.metadata_id].name  # "<op name>:<op type>"
+                if ":" in name and not name.startswith("ExecutorState"):
+                    by_type[name.rsplit(":", 1)[1]] += event.duration_ps
+    total = sum(by_type.values())
+    return [(op, ps / 1e12 / steps, ps / total) for op, ps in by_type.most_common(rows)], \
+        total / 1e12 / steps
 
 
 def matmul_flops_per_second(n=4096, repeats=5):
@@ -92,25 +162,53 @@ def matmul_flops_per_second(n=4096, repeats=5):
     return 2 * n ** 3 / best
 
 
+def torch_matmul_flops_per_second(n=4096):
+    """PyTorch's float32 matmul FLOP/s with 2 threads, in a child process; None without torch."""
+    try:
+        out = subprocess.run([sys.executable, "-c", _TORCH_MATMUL, str(n)], capture_output=True,
+                             text=True, timeout=300, check=True)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        return None
+    return float(out.stdout.split()[-1])
+
+
 def main(argv):
     del argv
     import tensorflow as tf
 
     f = flags.FLAGS
+    torch_peak = torch_matmul_flops_per_second(f.matmul_size)
     peak = matmul_flops_per_second(f.matmul_size)
-    print(f"\ntrain step benchmark: {os.cpu_count()} CPUs, TF {tf.__version__}, "
-          f"batch {f.batch_size} clips, {f.num_past} past frames, {f.crop_size} px crop")
-    print(f"  float32 {f.matmul_size}^2 matmul: {peak / 1e9:8.1f} GFLOP/s (practical peak)")
-    print(f"  {'encoder':<10} {'s/step':>8} {'s/clip':>8} {'GFLOP/step':>11} "
-          f"{'GFLOP/s':>8} {'of peak':>8}")
-    results = {}
+    print(f"\ntrain step benchmark: {os.cpu_count()} CPUs, TF {tf.__version__}, batch "
+          f"{f.batch_size} clips, {f.num_past} past frames, {f.crop_size} px crop")
+    print(f"  float32 {f.matmul_size}^2 matmul: TensorFlow {peak / 1e9:.1f} GFLOP/s, PyTorch "
+          + ("not installed" if torch_peak is None else f"{torch_peak / 1e9:.1f} GFLOP/s"))
+    print(f"  {'encoder':<10} {'policy':<15} {'s/step':>7} {'s/clip':>7} {'GFLOP/step':>11} "
+          f"{'GFLOP/s':>8} {'/TF mm':>7} {'/torch mm':>10}")
+    results = dict(tf_matmul=peak, torch_matmul=torch_peak, steps={})
     for name in f.encoders:
-        r = time_train_step(int(name.replace("resnet", "")), f.batch_size, f.crop_size,
-                            f.num_past, f.steps)
-        achieved = r["flops_per_step"] / r["seconds_per_step"]
-        results[name] = dict(r, achieved_flops_per_second=achieved, of_peak=achieved / peak)
-        print(f"  {name:<10} {r['seconds_per_step']:8.2f} {r['seconds_per_clip']:8.2f} "
-              f"{r['flops_per_step'] / 1e9:11.1f} {achieved / 1e9:8.1f} {achieved / peak:8.2f}")
+        for precision in f.precisions:
+            r = time_train_step(int(name.replace("resnet", "")), precision, f.batch_size,
+                                f.crop_size, f.num_past, f.steps)
+            achieved = r["flops_per_step"] / r["seconds_per_step"]
+            r.update(achieved=achieved, of_tf_matmul=achieved / peak,
+                     of_torch_matmul=None if torch_peak is None else achieved / torch_peak)
+            results["steps"][f"{name} {precision}"] = r
+            torch_ratio = "-" if torch_peak is None else f"{achieved / torch_peak:.2f}"
+            print(f"  {name:<10} {precision:<15} {r['seconds_per_step']:7.2f} "
+                  f"{r['seconds_per_clip']:7.2f} {r['flops_per_step'] / 1e9:11.1f} "
+                  f"{achieved / 1e9:8.1f} {achieved / peak:7.2f} {torch_ratio:>10}", flush=True)
+    if torch_peak is not None and "resnet50 float32" in results["steps"]:
+        ratio = results["steps"]["resnet50 float32"]["of_torch_matmul"]
+        print(f"  target (issue 15): ResNet-50 float32 at >= 0.86 of PyTorch's matmul: {ratio:.2f}")
+    if f.profile_steps:
+        rows, total = op_table(50, f.profile_steps, f.batch_size, f.crop_size, f.num_past,
+                               f.top_ops)
+        print(f"\n  ResNet-50 float32 step, TensorFlow profile: op time summed over the executor "
+              f"threads {total:.2f} s/step")
+        for op, seconds, share in rows:
+            print(f"    {op:<36} {seconds:7.3f} s/step {100 * share:5.1f}%")
+        results["ops"] = rows
     if f.json:
         pathlib.Path(f.json).write_text(json.dumps(results, indent=1) + "\n")
 

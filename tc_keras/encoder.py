@@ -19,6 +19,7 @@ import keras
 from keras import layers
 
 from tc_keras import initializers
+from tc_keras.batchnorm import FusedBatchNormalization
 from tc_keras import ops as tops
 
 # Blocks per stage (res2, res3, res4) of the standard ResNets; res5 is removed.
@@ -58,8 +59,8 @@ def _pad(x, conv, padding):
 
 
 def _bn(synchronized, name=None):
-    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name,
-                                     synchronized=synchronized)
+    return FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name,
+                                   synchronized=synchronized)
 
 
 class _ResidualBlock(layers.Layer):

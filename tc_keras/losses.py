@@ -108,24 +108,32 @@ def cycle_losses(outputs, theta_true, feature_size, similarity="inlier",
         raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
     if not sim_theta_grad and similarity != "inlier":
         raise ValueError("sim_theta_grad=False applies to the inlier similarity only")
-    k = outputs["theta_long"].shape[1]
+    batch, k = ops.shape(outputs["theta_long"])[0], outputs["theta_long"].shape[1]
+
+    def per_step(values):  # (B*k,) per example and step -> (k,) means over the batch
+        return ops.mean(ops.reshape(values, (batch, k)), axis=0)
+
+    def steps(x):  # (B, k, ...) -> (B*k, ...): every step of every example in one call
+        return ops.reshape(x, (-1,) + tuple(x.shape[2:]))
+
+    theta_true_k = steps(ops.repeat(ops.expand_dims(theta_true, 1), k, axis=1))  # (B*k, 2, 3)
     result = {}
     for name in ("long", "skip"):
-        terms = [ops.mean(theta_loss(outputs[f"theta_{name}"][:, i], theta_true))
-                 for i in range(k)]
-        for i, term in enumerate(terms):
-            result[f"{name}_{i + 1}"] = term
-        result[name] = ops.mean(ops.stack(terms))
-    sims = []
+        terms = per_step(theta_loss(steps(outputs[f"theta_{name}"]), theta_true_k))  # (k,)
+        for i in range(k):
+            result[f"{name}_{i + 1}"] = terms[i]
+        result[name] = ops.mean(terms)
+    if similarity == "inlier":
+        scores = inlier_score(steps(outputs["affinity_first"]), steps(outputs["theta_first"]),
+                              feature_size, theta_grad=sim_theta_grad)
+    else:
+        query = ops.broadcast_to(ops.expand_dims(outputs["query"], 1),
+                                 ops.shape(outputs["tracked_first"]))
+        scores = inner_product_score(steps(query), steps(outputs["tracked_first"]))
+    sims = -per_step(scores)  # (k,)
     for i in range(k):
-        if similarity == "inlier":
-            score = inlier_score(outputs["affinity_first"][:, i], outputs["theta_first"][:, i],
-                                 feature_size, theta_grad=sim_theta_grad)
-        else:
-            score = inner_product_score(outputs["query"], outputs["tracked_first"][:, i])
-        sims.append(-ops.mean(score))
-        result[f"sim_{i + 1}"] = sims[-1]
-    result["sim"] = ops.mean(ops.stack(sims))
+        result[f"sim_{i + 1}"] = sims[i]
+    result["sim"] = ops.mean(sims)
     result["self"] = ops.mean(theta_loss(outputs["theta_self"], theta_true))
     result["loss"] = (long_weight * result["long"] + skip_weight * result["skip"]
                       + sim_weight * result["sim"])

@@ -120,22 +120,21 @@ class TimeCycle(keras.Model):
     def call(self, inputs, training=None):
         past, target, patch = inputs["past"], inputs["target"], inputs["patch"]
         k = self.num_past
-        shape = keras.ops.shape(past)
-        batch = shape[0]
-        # (B, k, H, W, 3) -> (B*k, H, W, 3); one encoder pass for past and target frames.
-        frames = keras.ops.reshape(past, (batch * k, shape[2], shape[3], shape[4]))
-        feats = self.encoder(keras.ops.concatenate([frames, target], axis=0), training=training)
+        # (B, k, H, W, 3) + (B, H, W, 3) -> (B, k+1, H, W, 3) -> (B*(k+1), H, W, 3): one encoder
+        # pass for the past frames and the target.
+        frames = keras.ops.concatenate([past, keras.ops.expand_dims(target, 1)], axis=1)
+        shape = keras.ops.shape(frames)
+        frames = keras.ops.reshape(frames, (-1, shape[2], shape[3], shape[4]))
+        feats = keras.ops.cast(self.encoder(frames, training=training), "float32")
         fshape = keras.ops.shape(feats)
-        # (B*k, h, w, C) -> (B, k, h, w, C)
-        past_feats = keras.ops.reshape(feats[: batch * k], (batch, k, fshape[1], fshape[2], fshape[3]))
-        target_feats = feats[batch * k:]
-        query = self.encoder(patch, training=training)
-        query = keras.ops.cast(query, "float32")
-        past_feats = keras.ops.cast(past_feats, "float32")
-        target_feats = keras.ops.cast(target_feats, "float32")
+        # (B*(k+1), h, w, C) -> (B, k+1, h, w, C) -> k+1 x (B, h, w, C), oldest first, target
+        # last. Unstacked, not sliced: the gradient of a slice pads a zero tensor of the whole.
+        *past_frames, target_feats = keras.ops.unstack(
+            keras.ops.reshape(feats, (-1, k + 1, fshape[1], fshape[2], fshape[3])), axis=1)
+        query = keras.ops.cast(self.encoder(patch, training=training), "float32")
 
         def frame(back):  # features of the frame `back` steps before the target (1..k)
-            return past_feats[:, k - back]
+            return past_frames[k - back]
 
         def track(images, queries):
             """One tracker call for n independent (image, query) pairs of (B, ...) tensors each:

@@ -79,6 +79,10 @@ def bilinear_sample(image, coords):
         (each of the four neighbours outside the image contributes zero).
     Returns:
       (B, h, w, C). Differentiable w.r.t. `image` and `coords`.
+
+    The four neighbours of every sample are read with one gather of whole rows of C channels from
+    the image flattened to (B*H*W, C): its gradient adds rows back (a segment sum over rows), not
+    single values, and no index is repeated over channels.
     """
     shape = ops.shape(image)
     batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
@@ -97,26 +101,24 @@ def bilinear_sample(image, coords):
     wy1 = py - y0
     wx0 = 1.0 - wx1
     wy0 = 1.0 - wy1
-    # (B, H, W, C) -> (B, N, C), N = H*W
-    flat = ops.reshape(image, (batch, height * width, channels))
-    out = None
+    # Row of (b, 0, 0) in the flattened image: (B,) -> (B, 1, 1).
+    base = ops.reshape(ops.arange(batch, dtype="int32") * (height * width), (-1, 1, 1))
+    rows, weights = [], []
     for dy, wy in ((0.0, wy0), (1.0, wy1)):
         for dx, wx in ((0.0, wx0), (1.0, wx1)):
             xi = x0 + dx
             yi = y0 + dy
             valid = (xi >= 0.0) & (xi <= fw - 1.0) & (yi >= 0.0) & (yi <= fh - 1.0)
-            weight = wx * wy * ops.cast(valid, dtype)  # (B, h, w)
+            weights.append(wx * wy * ops.cast(valid, dtype))  # (B, h, w)
             xc = ops.cast(ops.clip(xi, 0.0, fw - 1.0), "int32")
             yc = ops.cast(ops.clip(yi, 0.0, fh - 1.0), "int32")
-            # (B, h, w) -> (B, h*w, 1) flat indices into N
-            index = ops.reshape(yc * width + xc, (batch, out_h * out_w, 1))
-            index = ops.broadcast_to(index, (batch, out_h * out_w, channels))
-            values = ops.take_along_axis(flat, index, axis=1)  # (B, h*w, C)
-            # (B, h*w, C) -> (B, h, w, C)
-            values = ops.reshape(values, (batch, out_h, out_w, channels))
-            term = values * weight[..., None]
-            out = term if out is None else out + term
-    return out
+            rows.append(base + yc * width + xc)  # (B, h, w) rows of the flattened image
+    # (B, H, W, C) -> (B*H*W, C); 4 x (B, h, w) -> (4*B*h*w,) rows -> (4, B, h, w, C)
+    flat = ops.reshape(image, (-1, channels))
+    values = ops.take(flat, ops.reshape(ops.stack(rows), (-1,)), axis=0)
+    values = ops.reshape(values, (4, batch, out_h, out_w, channels))
+    weights = ops.expand_dims(ops.stack(weights), -1)  # (4, B, h, w, 1)
+    return ops.sum(values * weights, axis=0)
 
 
 def affine_sample(image, theta, height, width):

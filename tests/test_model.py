@@ -219,3 +219,36 @@ def test_batched_tracker_calls_equal_one_call_at_a_time(num_past):
     for key in want:
         np.testing.assert_allclose(float(got[key]), float(want[key]), rtol=1e-4, atol=1e-6,
                                    err_msg=key)
+
+
+def test_train_step_losses_and_gradients_equal_with_keras_batchnorm(monkeypatch):
+    """The fused BatchNorm (tc_keras.batchnorm) changes nothing but speed: the same losses and
+    gradients, to float tolerance, as Keras' own BatchNormalization on a fixed batch."""
+    from tc_keras.batchnorm import FusedBatchNormalization
+
+    model = small_model(num_past=2)
+    batch = make_batch(7, k=2)
+
+    def losses_and_grads():
+        with tf.GradientTape() as tape:
+            losses = model.compute_losses(batch, model(batch, training=True))
+        grads = tape.gradient(losses["loss"], model.trainable_variables)
+        return {k: float(v) for k, v in losses.items()}, [np.asarray(g) for g in grads]
+
+    state = [np.asarray(v) for v in model.variables]  # training mode moves BN statistics
+    calls = []
+    kernel = tf.raw_ops.FusedBatchNormV3
+    monkeypatch.setattr(tf.raw_ops, "FusedBatchNormV3",
+                        lambda **kw: calls.append(1) or kernel(**kw))
+    fused = losses_and_grads()
+    assert calls  # the fused kernel did run
+    monkeypatch.setattr(tf.raw_ops, "FusedBatchNormV3", kernel)
+    for v, value in zip(model.variables, state):
+        v.assign(value)
+    monkeypatch.setattr(FusedBatchNormalization, "_fusable", lambda *args: False)
+    plain = losses_and_grads()
+    for key in plain[0]:
+        assert fused[0][key] == pytest.approx(plain[0][key], rel=1e-4, abs=1e-6), key
+    for a, b, v in zip(fused[1], plain[1], model.trainable_variables):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * max(1.0, np.abs(b).max()),
+                                   err_msg=v.path)
