@@ -79,13 +79,14 @@ class Localizer(layers.Layer):
         self.filters = tuple(filters)
         self.kernel_size = kernel_size
         self.scale = scale
+        policy = self.dtype_policy  # the sub-layers run in this layer's policy, not the global one
         self.convs = [layers.Conv2D(f, kernel_size, padding="valid", use_bias=False,
                                     kernel_initializer=initializers.he_normal_fan_out(),
-                                    name=f"conv{i + 1}")
+                                    name=f"conv{i + 1}", dtype=policy)
                       for i, f in enumerate(self.filters)]
-        self.flatten = layers.Flatten()
+        self.flatten = layers.Flatten(dtype=policy)
         self.dense = layers.Dense(3, kernel_initializer=initializers.dense_normal(),
-                                  bias_initializer="zeros", name="params")
+                                  bias_initializer="zeros", name="params", dtype=policy)
 
     def build(self, input_shape):
         self.call(keras.KerasTensor(tuple(input_shape)))  # builds the sub-layers
@@ -166,9 +167,12 @@ class Tracker(layers.Layer):
         self.filters = tuple(filters)
         self.kernel_size = kernel_size
         self.scale = scale
-        self.affinity = Affinity(temperature, name="affinity")
-        self.localizer = Localizer(filters, kernel_size, scale, name="localizer")
-        self.sampler = SpatialSampler(*self.patch_size, name="sampler")
+        # The sub-layers run in the tracker's own dtype policy (float32 under a mixed policy: its
+        # coordinates need it), not the global one.
+        policy = self.dtype_policy
+        self.affinity = Affinity(temperature, name="affinity", dtype=policy)
+        self.localizer = Localizer(filters, kernel_size, scale, name="localizer", dtype=policy)
+        self.sampler = SpatialSampler(*self.patch_size, name="sampler", dtype=policy)
 
     def build(self, image_feats_shape, query_feats_shape):
         self.call(keras.KerasTensor(tuple(image_feats_shape)),

@@ -252,3 +252,21 @@ def test_train_step_losses_and_gradients_equal_with_keras_batchnorm(monkeypatch)
     for a, b, v in zip(fused[1], plain[1], model.trainable_variables):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * max(1.0, np.abs(b).max()),
                                    err_msg=v.path)
+
+
+def test_mixed_bfloat16_policy_keeps_the_tracker_in_float32():
+    """--mixed_precision: a bfloat16 encoder, the whole tracker (its sub-layers included) float32."""
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = small_model(num_past=1)
+        for layer in (model.tracker, model.tracker.localizer, *model.tracker.localizer.convs,
+                      model.tracker.localizer.dense, model.tracker.affinity):
+            assert layer.compute_dtype == "float32", layer.name
+        assert model.encoder.compute_dtype == "bfloat16"
+        batch = make_batch(2, k=1)
+        out = model(batch, training=True)
+        assert out["theta_long"].dtype == "float32"
+        logs = _one_step(model, batch)
+        assert np.isfinite(logs["loss"])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
