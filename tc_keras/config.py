@@ -92,7 +92,9 @@ class ModelConfig:
                                   "paths'); --nosim_theta_grad stops it (ablation; inlier only).")
     sync_batchnorm: bool = _field(False, "BatchNorm statistics over all replicas.")
     mixed_precision: bool = _field(False, "mixed_bfloat16 policy for the encoder (GPUs with "
-                                   "bf16, i.e. Ampere or newer); the tracker stays float32.")
+                                   "bf16, i.e. Ampere or newer, and CPUs with AVX-512 BF16 or AMX; "
+                                   "about 3x slower on CPUs without them); the tracker stays "
+                                   "float32.")
 
     def __post_init__(self):
         _check(self.encoder in ENCODERS, f"--encoder must be one of {sorted(ENCODERS)}, "

@@ -125,12 +125,24 @@ def make_dataset(config, shards, strategy, seed, rotation_scale=None):
     return pipeline.clip_dataset(shards, batch_size=config.train.batch_size, **kwargs)
 
 
+def cpu_has_bfloat16(cpuinfo="/proc/cpuinfo"):
+    """Whether the CPU has bfloat16 instructions (Linux /proc/cpuinfo; False when unreadable)."""
+    try:
+        words = set(pathlib.Path(cpuinfo).read_text().split())
+    except OSError:
+        return False
+    return bool(words & {"avx512_bf16", "amx_bf16"})
+
+
 def run(config):
     """Trains according to `config` (a tconfig.Config); returns the final step."""
     t = config.train
     keras.utils.set_random_seed(t.seed)
     if config.model.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        if not tf.config.list_physical_devices("GPU") and not cpu_has_bfloat16():
+            logging.warning("--mixed_precision on a CPU without AVX-512 BF16 or AMX: bfloat16 "
+                            "is emulated there, about 3x slower than float32 (bench/RESULTS.md)")
     strategy = make_strategy(t.strategy)
     out_dir = task_dir(t.workdir, strategy)
     conflicts = checkpoints.config_conflicts(out_dir, config)  # before anything is written

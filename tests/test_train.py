@@ -261,3 +261,17 @@ def test_rotation_ramp_callback_follows_the_step():
         _Model.optimizer.iterations.assign(step)
         ramp.on_train_batch_begin(0)
         assert float(scale.numpy()) == pytest.approx(expected)
+
+
+def test_cpu_has_bfloat16_reads_cpuinfo_flags(tmp_path):
+    """--mixed_precision warns on CPUs that only emulate bfloat16: the check reads the flags."""
+    from tc_keras.train import cpu_has_bfloat16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert not cpu_has_bfloat16(info)
+    info.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_has_bfloat16(info)
+    info.write_text("flags\t\t: fpu amx_bf16 amx_tile\n")
+    assert cpu_has_bfloat16(info)
+    assert not cpu_has_bfloat16(tmp_path / "missing")
