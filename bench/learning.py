@@ -127,6 +127,8 @@ def loss_curve(metrics_path, png_path):
     from PIL import Image, ImageDraw
 
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+    # A resumed run logs again the steps after its last checkpoint: keep the latest row per step.
+    rows = sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])
     terms = [k for k in ("loss", "long", "skip", "sim", "self", "grad_norm") if k in rows[0]]
     w, h, pad = 420, 220, 36
     img = Image.new("RGB", (w * len(terms), h), "white")
