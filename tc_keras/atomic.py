@@ -45,6 +45,8 @@ class Staged:
         self.directory = directory
         self.path = partial_path(self.target, suffix)
         self._remove()  # a killed run's leftovers
+        # The parent folders this creates, removed again by discard() when left empty.
+        self._created = [d for d in self.target.parents if not d.exists()]
         self.target.parent.mkdir(parents=True, exist_ok=True)
         if directory:
             self.path.mkdir()
@@ -65,8 +67,14 @@ class Staged:
             os.replace(self.path, self.target)
 
     def discard(self):
-        """Removes the temporary path; the target is left as it was."""
+        """Removes the temporary path and the parent folders it created that are left empty; the
+        target is left as it was."""
         self._remove()
+        for folder in self._created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (something else was written there) or gone
+                break
 
     def __enter__(self):
         return self.path

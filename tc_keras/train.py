@@ -6,7 +6,9 @@ tools/propagate.py and tools/export.py), `tb/` (TensorBoard) and, for `--data=sy
 Running the same command again resumes from the newest checkpoint that reads back whole, step and
 optimizer state intact. The model flags of a rerun must match the workdir's config.json
 (tc_keras.checkpoints.RESUMABLE lists those that may change); a truncated or corrupt shard is
-named. Such problems stop the run with one `error:` line and leave the workdir as it was.
+named. Such problems stop the run with one `error:` line: a rerun with other flags leaves the
+workdir as it was; a run stopped by an error keeps the steps it did in a checkpoint, for the rerun,
+but does not write `encoder.keras` (only periodic checkpoints and the end of training do).
 """
 
 import contextlib
@@ -213,9 +215,10 @@ def _train(config, strategy, out_dir, shards):
         logging.info("Already at step %d of %d: nothing to do", step, steps)
         return step
 
-    def save(reason):
+    def save(reason, encoder=True):
         path = manager.save(checkpoint_number=int(model.optimizer.iterations.numpy()))
-        save_encoder(model.encoder, out_dir / ENCODER_FILE)
+        if encoder:
+            save_encoder(model.encoder, out_dir / ENCODER_FILE)
         logging.info("Saved %s (%s)", path, reason)
 
     monitor = TrainingMonitor(save, out_dir / "tb", log_every=t.log_every,
@@ -228,7 +231,7 @@ def _train(config, strategy, out_dir, shards):
                                      trainable=False, name="rotation_scale")
         callbacks.insert(0, RotationRamp(rotation_scale, config.data.rotation_ramp_steps))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    finite = True
+    finite, failed = True, False
     try:
         phases = []
         if step < t.freeze_encoder_steps:
@@ -251,11 +254,14 @@ def _train(config, strategy, out_dir, shards):
     except FloatingPointError:
         finite = False
         raise
+    except Exception:
+        failed = True  # e.g. a bad shard: keep the steps for the rerun, but no encoder.keras
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
         done = int(model.optimizer.iterations.numpy())
         if finite and done != monitor.last_saved:
-            save("exit")
+            save("exit", encoder=not failed)
         monitor.close()
     return step
 

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -220,6 +221,9 @@ def test_truncated_videos_are_skipped_or_kept_marked(tmp_path):
     for name in ("cut.mp4", "cut.avi"):
         assert rows[name]["truncated"].startswith("truncated video: decoding stopped at frame")
         assert 16 <= rows[name]["frames"] < 50
+        # Every frame before the cut is stored (same rate: 12 fps), the last one included.
+        stopped = int(re.search(r"stopped at frame (\d+)", rows[name]["truncated"]).group(1))
+        assert rows[name]["frames"] == stopped, rows[name]
     assert {t["id"] for t in report["truncated"]} == {"cut.mp4", "cut.avi"}
 
 
@@ -249,6 +253,22 @@ def test_verify_names_a_cut_shard_and_a_rerun_redoes_it(tmp_path, videos):
     assert prepare.verify(out) == {}
     result = _tool("--verify", f"--out={out}")
     assert result.returncode == 0 and "all 3 shards read back whole" in result.stdout
+
+
+def test_a_run_that_stores_no_video_fails_naming_the_input(tmp_path):
+    """Only unusable videos: the run used to exit 0 with empty shards that --verify called whole."""
+    src = tmp_path / "src"
+    src.mkdir()
+    broken_files.truncated_video(src / "cut.mp4", "mp4", frames=40)
+    (src / "empty.mp4").write_bytes(b"")
+    result = _tool(f"--input={src}", f"--out={tmp_path / 'out'}", "--workers=1", "--height=32")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {src}: none of its 2 videos could be stored; the reason for each is in "
+        f"{tmp_path / 'out'}/report.json")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["videos"] == 0 and {s["id"] for s in report["skipped"]} == {"cut.mp4",
+                                                                             "empty.mp4"}
 
 
 def _children(pid):

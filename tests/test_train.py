@@ -178,6 +178,8 @@ def test_cut_shard_during_training_is_named(tmp_path):
     # The steps done before the bad record are kept in an intact checkpoint, for the rerun.
     saved = sorted(workdir.glob("ckpt/*.index"))
     assert all(checkpoints.checkpoint_problem(str(p)[:-len(".index")]) is None for p in saved)
+    # ... but no encoder.keras that would look like the end of a run.
+    assert not (workdir / "encoder.keras").exists()
 
 
 def _free_ports(n):

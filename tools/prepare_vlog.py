@@ -7,7 +7,8 @@
 --input is a folder (searched recursively for .mp4 .avi .mkv .webm .mov) or a list file with one
 path per line. Rerunning the same command resumes: finished shards are kept (a shard cut short
 since is redone). Videos that cannot be used, truncated ones included (unless --keep_truncated),
-are listed with the reason in OUT/report.json; the run still exits with status 0. --verify reads
+are listed with the reason in OUT/report.json; the run still exits with status 0 (1 when no video
+at all could be stored). --verify reads
 every shard of OUT and exits with status 1 naming each truncated or corrupt one.
 Record format and output layout: tc_keras/data/prepare.py.
 """
@@ -58,10 +59,13 @@ def main(argv):
     if _VERIFY.value:
         return verify(_OUT.value)
     cli.require("input")
-    prepare.prepare(_INPUT.value, _OUT.value, fps=_FPS.value, height=_HEIGHT.value,
-                    workers=_WORKERS.value or None, videos_per_shard=_PER_SHARD.value,
-                    min_frames=_MIN_FRAMES.value, jpeg_quality=_QUALITY.value,
-                    keep_truncated=_KEEP_TRUNCATED.value)
+    report = prepare.prepare(_INPUT.value, _OUT.value, fps=_FPS.value, height=_HEIGHT.value,
+                             workers=_WORKERS.value or None, videos_per_shard=_PER_SHARD.value,
+                             min_frames=_MIN_FRAMES.value, jpeg_quality=_QUALITY.value,
+                             keep_truncated=_KEEP_TRUNCATED.value)
+    if not report["videos"]:  # shards with nothing to train on: not a success
+        raise ValueError(f"{_INPUT.value}: none of its {report['skipped_count']} videos could be "
+                         f"stored; the reason for each is in {_OUT.value}/report.json")
     logging.info("done")
 
 

@@ -239,22 +239,30 @@ def _resample(decoded, fps, src_rate):
     step = 1.0 / fps
     prev_t = prev = t0 = None
     i = 0
-    for t, frame in decoded:
-        if prev is None:
-            t0, prev_t, prev = t, t, frame
-            continue
-        if t <= prev_t:  # broken or repeated timestamp: keep the order of decoding
-            t = prev_t + 1.0 / src_rate
-        middle = 0.5 * (prev_t + t) - t0
-        while i * step < middle:
-            yield prev
-            i += 1
-        prev_t, prev = t, frame
-    if prev is not None:
-        end = prev_t - t0 + 0.5 / src_rate
-        while i * step < end:
-            yield prev
-            i += 1
+
+    def last_frame():  # the frame held back, until half a source frame after it
+        nonlocal i
+        if prev is not None:
+            while i * step < prev_t - t0 + 0.5 / src_rate:
+                yield prev
+                i += 1
+
+    try:
+        for t, frame in decoded:
+            if prev is None:
+                t0, prev_t, prev = t, t, frame
+                continue
+            if t <= prev_t:  # broken or repeated timestamp: keep the order of decoding
+                t = prev_t + 1.0 / src_rate
+            middle = 0.5 * (prev_t + t) - t0
+            while i * step < middle:
+                yield prev
+                i += 1
+            prev_t, prev = t, frame
+    except VideoError:  # a cut video: its frames before the cut all come out, then the error
+        yield from last_frame()
+        raise
+    yield from last_frame()
 
 
 def iter_frames(path, fps=None, height=None, folder_fps=None):
