@@ -1,6 +1,6 @@
 """Does training learn correspondence? Train at laptop scale, then compare with the baselines.
 
-    python bench/learning.py                          # 2 seeds of configs/cpu_small.flags (~1.5 h)
+    python bench/learning.py                          # 2 seeds of configs/cpu_small.flags (~50 min)
     python bench/learning.py --skip_train             # evaluate the existing runs again
     python bench/learning.py --workdir runs/ablation --seeds 0 --nobaselines \
         --train_flags=--nosim_theta_grad              # one ablation (flags on top of the config)
