@@ -130,7 +130,8 @@ def bench_speed(depth, size, peak, frames):
     out.mkdir(parents=True, exist_ok=True)
     write = Timed(lambda path, mask: label_io.write_mask(path, mask, fmt))
     try:
-        stream = prop.propagate_mask(video.prefetched(video.iter_frames(seq)), ids, embed, config)
+        frames_in = video.prefetched(video.iter_frames(seq))
+        stream = prop.propagate_mask(frames_in, ids, embed, config)
         for t, (frame, mask) in zip(range(2), stream):  # frame 0 and the traced first step
             write(out / "warm.png", mask)
         embed.seconds = steps[0].seconds = write.seconds = 0.0
@@ -144,6 +145,7 @@ def bench_speed(depth, size, peak, frames):
                     break
         total = (time.perf_counter() - start) / count
     finally:
+        frames_in.close()  # the decoding thread stops here, not at garbage collection
         prop.GraphContext = original
         shutil.rmtree(out, ignore_errors=True)
     first = next(video.iter_frames(seq))

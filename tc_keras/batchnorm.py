@@ -3,11 +3,13 @@
 Keras 3's BatchNormalization computes the batch moments and the normalisation with separate ops
 (a mean, a squared difference, a mean, a subtraction, a multiplication, ...), each a pass over the
 activations, and as many again for their gradients: in the ResNet-50 TimeCycle step that is about
-a quarter of the time. Under the TensorFlow backend, in training mode, `FusedBatchNormalization`
+a quarter of the time. Under the TensorFlow backend, in training mode, this `BatchNormalization`
 runs TensorFlow's FusedBatchNormV3 (oneDNN on CPU, cuDNN on GPU) and its fused gradient instead.
-Same formula, same moving-statistics update, same variables (weights load either way); outputs
-equal to float rounding. Inference, other backends, synchronized statistics, masks and anything
-but 4-D channels-last float32 input take Keras' own path.
+Same formula, same moving-statistics update, same variables; outputs equal to float rounding.
+The class keeps Keras' name: Keras stores the weights of layers held in a list under their class
+name in snake case (`.../bns/batch_normalization`), so encoder files saved with Keras' layer load
+into this one and the other way round (tested). Inference, other backends, synchronized
+statistics, masks and anything but 4-D channels-last float32 input take Keras' own path.
 """
 
 import keras
@@ -15,7 +17,7 @@ from keras import layers
 
 
 @keras.saving.register_keras_serializable(package="tc_keras")
-class FusedBatchNormalization(layers.BatchNormalization):
+class BatchNormalization(layers.BatchNormalization):
     """`keras.layers.BatchNormalization` with a fused training step under TensorFlow.
 
     Args, call arguments and returns: those of `keras.layers.BatchNormalization`.

@@ -75,7 +75,7 @@ class GraphContext(tf.Module):
         if config.radius is not None and short:
             label_step = self._local(height, width, n, short, channels, kwargs)
         else:
-            label_step = self._dense(height, width, n, short, kwargs)
+            label_step = self._dense(n, short, kwargs)  # no radius (or no short-term frame)
 
         def step(query):
             pred = label_step(query)
@@ -111,10 +111,7 @@ class GraphContext(tf.Module):
             return tf.gather(tf.reshape(out, (-1, out.shape[-1])), slot)  # (T*P, K) -> (N, K)
         return label_step
 
-    def _dense(self, height, width, n, short, kwargs):
-        allowed = None
-        if self.config.radius is not None and short:
-            allowed = tf.constant(radius_mask(height, width, self.config.radius))
+    def _dense(self, n, short, kwargs):
         short_term = tf.range(1 + short) > 0
         chunk = dense_chunk(1 + short, n)
 
@@ -123,8 +120,7 @@ class GraphContext(tf.Module):
             feats = tf.concat([self.first_feats, tf.transpose(self.feats, (1, 0, 2))[:short]], 0)
             labels = tf.concat([self.first_labels,
                                 tf.transpose(self.labels, (1, 0, 2))[:short]], 0)
-            out = [vote(feats, labels, query[i:i + chunk],
-                        None if allowed is None else allowed[i:i + chunk], short_term, **kwargs)
+            out = [vote(feats, labels, query[i:i + chunk], None, short_term, **kwargs)
                    for i in range(0, n, chunk)]
             return tf.concat(out, 0)
         return label_step

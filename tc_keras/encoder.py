@@ -18,8 +18,8 @@ import math
 import keras
 from keras import layers
 
+from tc_keras import batchnorm
 from tc_keras import initializers
-from tc_keras.batchnorm import FusedBatchNormalization
 from tc_keras import ops as tops
 
 # Blocks per stage (res2, res3, res4) of the standard ResNets; res5 is removed.
@@ -59,7 +59,7 @@ def _pad(x, conv, padding):
 
 
 def _bn(synchronized, name=None):
-    return FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name,
+    return batchnorm.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name,
                                    synchronized=synchronized)
 
 

@@ -12,10 +12,10 @@ Two forms of the same step:
   positions (`LocalTiles`); for the short-term (radius-restricted) frames a tile is matched only
   against its key region, the (ty + 2r) x (tx + 2r) block of positions that holds every key within
   the radius of any of its queries (r = floor(radius)), gathered with a precomputed index; the
-  long-term frames (the first) stay dense. At 480p (60x107 features, r = 12, 8x8 tiles) that is
-  20 x 1024 + 6420 logits per query instead of 21 x 6420. Candidates are laid out in `vote`'s
-  order (long-term frames, then each short-term frame's region in increasing position), so the
-  top-k breaks ties as `vote` does.
+  long-term frames (the first) stay dense. At 480p (60x107 features, r = 12, 12x12 tiles chosen
+  by `choose_tile`) that is 20 x 1296 + 6420 logits per query instead of 21 x 6420. Candidates are
+  laid out in `vote`'s order (long-term frames, then each short-term frame's region in increasing
+  position), so the top-k breaks ties as `vote` does.
 
 Shape legend: M context frames (L long-term + S short-term), h w feature size, N = h*w,
 Q query positions, T tiles of P = ty*tx query positions, R key-region positions per tile,
@@ -66,7 +66,8 @@ class LocalTiles:
     Attributes:
       query_index: (T, P) int32 flat query positions of each tile, row-major within the tile.
         Tiles at the bottom/right edge are padded with repeats of their own last row/column.
-      key_index: (T, R) int32 flat key positions of each tile's key region, increasing.
+      key_index: (T, R) int32 flat key positions of each tile's key region, increasing, then
+        -1 padding up to a multiple of TOPK_BLOCK (never allowed).
       allowed: (T, P, R) bool, region key within the radius of the tile query.
       slot: (N,) int32, for each position its index into the flattened (T*P) tile outputs.
     """
@@ -83,6 +84,11 @@ def _region(tile, height, width, radius):
     return min(tile[0] + 2 * r, height), min(tile[1] + 2 * r, width)
 
 
+def _padded(ry, rx):
+    """Slots of a ry x rx key region padded to whole TOPK_BLOCK blocks."""
+    return -(-ry * rx // TOPK_BLOCK) * TOPK_BLOCK
+
+
 def choose_tile(height, width, radius):
     """The (ty, tx) query tile of `vote_local` with the least estimated work on an h x w map.
 
@@ -94,7 +100,7 @@ def choose_tile(height, width, radius):
     for ty in sorted({min(s, height) for s in TILE_SIDES} | {height}):
         for tx in sorted({min(s, width) for s in TILE_SIDES} | {width}):
             ry, rx = _region((ty, tx), height, width, radius)
-            region = -(-ry * rx // TOPK_BLOCK) * TOPK_BLOCK
+            region = _padded(ry, rx)
             tiles = -(-height // ty) * -(-width // tx)
             work = tiles * region * (ty * tx + TILE_GATHER_COST)
             if best is None or work < best[0]:
@@ -115,7 +121,7 @@ def local_tiles(height, width, radius, tile=None):
     ty, tx = min(tile[0], height), min(tile[1], width)
     r = int(np.floor(radius))
     ry, rx = _region((ty, tx), height, width, radius)
-    pad = -(-ry * rx // TOPK_BLOCK) * TOPK_BLOCK - ry * rx
+    pad = _padded(ry, rx) - ry * rx
     query_index, key_index, query_yx, key_yx = [], [], [], []
     for y0 in range(0, height, ty):
         for x0 in range(0, width, tx):

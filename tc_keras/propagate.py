@@ -30,6 +30,7 @@ from keras import ops
 
 from tc_keras.context import GraphContext, NumpyContext
 from tc_keras.encoder import FEATURE_STRIDE
+from tc_keras.label_step import vote
 
 # Keypoint heatmaps: Gaussian sigma in feature cells, and the number of top locations whose
 # weighted mean gives the keypoint back (PAPER.md, "Inference: label propagation").
@@ -171,7 +172,8 @@ class Propagator:
         if tuple(feats.shape[:3]) != expected:
             raise ValueError(f"embed returned features {tuple(feats.shape[1:3])} for a {mh}x{mw} "
                              f"frame; expected {expected[1:]} (stride {FEATURE_STRIDE})")
-        return ops.reshape(feats, (expected[1] * expected[2], -1))  # (1, h, w, C) -> (N, C)
+        # (1, h, w, C) -> (N, C) float32 (an embed may return float64 arrays, bfloat16 tensors)
+        return ops.cast(ops.reshape(feats, (expected[1] * expected[2], -1)), "float32")
 
     def run(self, frames, first_labels):
         """Yields (frame, labels (h, w, K) float32) for every frame, the first included.
@@ -195,7 +197,8 @@ class Propagator:
         if self.step is None and self.local_step is None:
             context = GraphContext(feats0, labels0, h, w, self.config)
         else:
-            context = NumpyContext(feats0, labels0, h, w, self.config, self.step, self.local_step)
+            context = NumpyContext(feats0, labels0, h, w, self.config, self.step or vote,
+                                   self.local_step)
         yield first, first_labels
         for t, frame in enumerate(it, start=1):
             if frame.shape != first.shape:

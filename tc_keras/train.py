@@ -86,7 +86,10 @@ def resolve_data(config, workdir):
         elif _is_video_source(source):
             out = pathlib.Path(workdir) / "prepared" / pathlib.Path(source).stem
             logging.info("Preparing the videos of %s in %s", source, out)
-            prepare.prepare(source, out)
+            try:
+                prepare.prepare(source, out)
+            except prepare.NothingStored as e:
+                raise RunError(str(e)) from None
             source = out
         shards += prepare.resolve_shards(source)
     return sorted(set(shards))

@@ -1,17 +1,17 @@
-"""FusedBatchNormalization: Keras' BatchNormalization, its training step one fused kernel."""
+"""batchnorm.BatchNormalization: Keras' BatchNormalization, its training step one fused kernel."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tc_keras.batchnorm import FusedBatchNormalization
+from tc_keras import batchnorm
 from tests.layer_check import run_layer_check
 
 
 def test_layer_check():
     x = np.random.default_rng(0).normal(size=(2, 5, 6, 4)).astype(np.float32)
-    run_layer_check(FusedBatchNormalization, dict(momentum=0.9, epsilon=1e-5), x, x.shape)
+    run_layer_check(batchnorm.BatchNormalization, dict(momentum=0.9, epsilon=1e-5), x, x.shape)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -19,7 +19,7 @@ def test_outputs_gradients_and_moving_statistics_equal_keras(training):
     rng = np.random.default_rng(1)
     x = tf.constant(rng.normal(2.0, 3.0, size=(3, 7, 5, 6)).astype(np.float32))
     layers = [cls(momentum=0.9, epsilon=1e-5) for cls in (keras.layers.BatchNormalization,
-                                                          FusedBatchNormalization)]
+                                                          batchnorm.BatchNormalization)]
     layers[0].build(x.shape)
     weights = [rng.normal(size=6).astype(np.float32) if i < 2 else w
                for i, w in enumerate(layers[0].get_weights())]  # gamma, beta random

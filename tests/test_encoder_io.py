@@ -45,3 +45,27 @@ def test_save_encoder_writes_atomically_and_loads_back(tmp_path):
     loaded = encoder_io.load_encoder(str(path.parent))  # a workdir: its encoder.keras
     np.testing.assert_allclose(np.asarray(loaded(frames)),
                                np.asarray(encoder_io.make_embed(encoder)(frames)), atol=1e-5)
+
+
+def test_encoder_files_saved_with_keras_batchnorm_load(tmp_path, monkeypatch):
+    """Encoders saved before the fused BatchNorm (tc_keras.batchnorm) used Keras' own layer; the
+    weights of the BatchNorms a block keeps in a list are stored under the class's name, so their
+    files must still load (with every moving statistic, not silently skipped)."""
+    from tc_keras import batchnorm
+
+    monkeypatch.setattr(batchnorm, "BatchNormalization", keras.layers.BatchNormalization)
+    keras.utils.set_random_seed(3)
+    old = ResNetEncoder(depth=18)
+    old.build((None, 32, 32, 3))
+    rng = np.random.default_rng(4)
+    for v in old.variables:  # moving statistics too: they must not stay at their initial values
+        v.assign(rng.normal(0.5, 0.1, v.shape).astype(np.float32))
+    path = tmp_path / encoder_io.ENCODER_FILE
+    encoder_io.save_encoder(old, path)
+    monkeypatch.undo()
+    loaded = encoder_io.load_encoder_model(str(path))
+    (encoder,) = [layer for layer in loaded.layers if isinstance(layer, ResNetEncoder)]
+    assert type(encoder.stem_bn) is batchnorm.BatchNormalization  # the fused one
+    for a, b in zip(old.variables, loaded.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+

@@ -224,7 +224,7 @@ def test_batched_tracker_calls_equal_one_call_at_a_time(num_past):
 def test_train_step_losses_and_gradients_equal_with_keras_batchnorm(monkeypatch):
     """The fused BatchNorm (tc_keras.batchnorm) changes nothing but speed: the same losses and
     gradients, to float tolerance, as Keras' own BatchNormalization on a fixed batch."""
-    from tc_keras.batchnorm import FusedBatchNormalization
+    from tc_keras import batchnorm
 
     model = small_model(num_past=2)
     batch = make_batch(7, k=2)
@@ -245,7 +245,7 @@ def test_train_step_losses_and_gradients_equal_with_keras_batchnorm(monkeypatch)
     monkeypatch.setattr(tf.raw_ops, "FusedBatchNormV3", kernel)
     for v, value in zip(model.variables, state):
         v.assign(value)
-    monkeypatch.setattr(FusedBatchNormalization, "_fusable", lambda *args: False)
+    monkeypatch.setattr(batchnorm.BatchNormalization, "_fusable", lambda *args: False)
     plain = losses_and_grads()
     for key in plain[0]:
         assert fused[0][key] == pytest.approx(plain[0][key], rel=1e-4, abs=1e-6), key

@@ -193,7 +193,9 @@ def test_list_file_with_frame_folders_and_their_frame_rate(tmp_path):
     with pytest.raises(ValueError, match="bad.txt, line 1.*fps="):
         prepare.find_videos(tmp_path / "bad.txt")
     (tmp_path / "nofps.txt").write_text("seq\n")
-    report = prepare.prepare(tmp_path / "nofps.txt", tmp_path / "out2", workers=1, height=32)
+    with pytest.raises(prepare.NothingStored, match="none of its 1 videos could be stored"):
+        prepare.prepare(tmp_path / "nofps.txt", tmp_path / "out2", workers=1, height=32)
+    report = json.loads((tmp_path / "out2" / "report.json").read_text())
     assert report["videos"] == 0 and "folder_fps" in report["skipped"][0]["reason"]
 
 
@@ -269,6 +271,10 @@ def test_a_run_that_stores_no_video_fails_naming_the_input(tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["videos"] == 0 and {s["id"] for s in report["skipped"]} == {"cut.mp4",
                                                                              "empty.mp4"}
+    # Only the report is left: no empty shards that --verify would call whole.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.json"]
+    result = _tool("--verify", f"--out={tmp_path / 'out'}")
+    assert result.returncode == 1 and "holds no *.tfrecord shards" in result.stderr
 
 
 def _children(pid):

@@ -133,14 +133,18 @@ def test_local_and_dense_paths_propagate_the_same(radius):
 
     config = dataclasses.replace(P.PRESETS["default"], radius=radius, context=3, topk=4)
     labels0 = rng.uniform(size=(5, 7, 2)).astype(np.float32)
-    local = [x for _, x in P.Propagator(embed, config, step=label_step.vote,
-                                        local_step=counted).run(frames, labels0)]
+    # Only a local step given: the dense parts take `vote`.
+    local = [x for _, x in P.Propagator(embed, config, local_step=counted).run(frames, labels0)]
     assert bool(calls) == (radius is not None)
     dense = [x for _, x in P.Propagator(embed, config, step=label_step.vote).run(frames, labels0)]
     graph = [x for _, x in P.Propagator(embed, config).run(frames, labels0)]  # compiled path
-    for t, (a, b, c) in enumerate(zip(local, dense, graph)):
+    # An embed returning float64 arrays (any callable returning arrays is allowed).
+    graph64 = [x for _, x in P.Propagator(lambda x: embed(x).astype(np.float64), config)
+               .run(frames, labels0)]
+    for t, (a, b, c, d) in enumerate(zip(local, dense, graph, graph64)):
         np.testing.assert_allclose(a, b, atol=1e-6, err_msg=f"frame {t}")
         np.testing.assert_allclose(c, b, atol=1e-6, err_msg=f"frame {t}")
+        np.testing.assert_allclose(d, b, atol=1e-6, err_msg=f"frame {t}")
 
 
 def test_identity_baseline_copies_the_first_mask():

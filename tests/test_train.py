@@ -44,6 +44,14 @@ def test_unknown_flag_value_and_missing_data_are_clear_errors(tmp_path):
     assert missing.returncode != 0
     assert "nothing_here" in missing.stderr
     assert "Traceback" not in missing.stderr
+    # A folder of videos none of which can be used: one line naming it, not empty shards.
+    (tmp_path / "bad_videos").mkdir()
+    (tmp_path / "bad_videos" / "empty.mp4").write_bytes(b"")
+    unusable = subprocess.run(train_cmd(tmp_path / "w2", f"--data={tmp_path}/bad_videos"),
+                              env=env(), capture_output=True, text=True, timeout=120)
+    assert unusable.returncode == 1 and "Traceback" not in unusable.stderr, unusable.stderr[-2000:]
+    assert unusable.stderr.strip().splitlines()[-1].startswith(
+        f"error: {tmp_path}/bad_videos: none of its 1 videos could be stored"), unusable.stderr
 
 
 def test_monitor_stops_on_non_finite_loss_naming_the_step():

@@ -253,11 +253,30 @@ def test_prefetched_keeps_order_passes_errors_and_stops():
             got.append(item)
     assert got == [1, 2]
     before = threading.active_count()
+
+    def wait_for_threads():
+        for _ in range(100):
+            if threading.active_count() <= before:
+                return True
+            time.sleep(0.05)
+        return False
+
     stream = video.prefetched(iter(range(10 ** 6)), depth=2)
     next(stream)
     stream.close()  # the producer thread ends
-    for _ in range(50):
-        if threading.active_count() <= before:
-            break
-        time.sleep(0.05)
-    assert threading.active_count() <= before
+    assert wait_for_threads()
+    # Closed after the producer has read everything and waits on a full queue with its end mark;
+    # the source generator is closed too (its open file released).
+    closed = []
+
+    def source():
+        try:
+            yield from range(3)
+        finally:
+            closed.append(True)
+
+    stream = video.prefetched(source(), depth=2)
+    next(stream)
+    time.sleep(0.3)
+    stream.close()
+    assert wait_for_threads() and closed == [True]

@@ -59,13 +59,10 @@ def main(argv):
     if _VERIFY.value:
         return verify(_OUT.value)
     cli.require("input")
-    report = prepare.prepare(_INPUT.value, _OUT.value, fps=_FPS.value, height=_HEIGHT.value,
-                             workers=_WORKERS.value or None, videos_per_shard=_PER_SHARD.value,
-                             min_frames=_MIN_FRAMES.value, jpeg_quality=_QUALITY.value,
-                             keep_truncated=_KEEP_TRUNCATED.value)
-    if not report["videos"]:  # shards with nothing to train on: not a success
-        raise ValueError(f"{_INPUT.value}: none of its {report['skipped_count']} videos could be "
-                         f"stored; the reason for each is in {_OUT.value}/report.json")
+    prepare.prepare(_INPUT.value, _OUT.value, fps=_FPS.value, height=_HEIGHT.value,
+                    workers=_WORKERS.value or None, videos_per_shard=_PER_SHARD.value,
+                    min_frames=_MIN_FRAMES.value, jpeg_quality=_QUALITY.value,
+                    keep_truncated=_KEEP_TRUNCATED.value)
     logging.info("done")
 
 

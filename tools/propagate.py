@@ -148,56 +148,60 @@ def run_video(source, labels_path, out_dir, embed, config, overlay, step=None, l
     info = video_lib.video_info(source)
     names = frame_names(source, info["frames"])
     frames = video_lib.prefetched(video_lib.iter_frames(source))  # decoding runs ahead
-    size = (info["height"], info["width"])
-    keypoints = pathlib.Path(labels_path).suffix.lower() == ".json"
-    if keypoints:
-        joints_all, meta = label_io.read_keypoints(labels_path)
-        first = joints_all[0]
-        if not np.isfinite(first).all(axis=-1).any():
-            raise label_io.LabelError(f"{labels_path}: no joint is annotated in frame 0")
-        label_io.check_keypoints(labels_path, first, size, meta.get("joint_names"))
-        stream = prop.propagate_keypoints(frames, first, embed, config, step, local_step)
-    else:
-        ids, fmt = label_io.read_mask(labels_path, _THRESHOLD.value)
-        ids, _ = label_io.split_void(ids, fmt)  # void (255 in a palette mask) = background
-        label_io.check_mask(labels_path, ids, size)
-        stream = prop.propagate_mask(frames, ids, embed, config, step, local_step)
-    fps = info["fps"] or _FPS.value
-    bar = Progress(len(names))
-    all_joints = []
-    out_dir = pathlib.Path(out_dir)
-    if out_dir.exists() and not _OVERWRITE.value:
-        raise ValueError(f"{out_dir}: already exists (use --overwrite to replace it)")
-    with atomic.Staged(out_dir, directory=True) as tmp:
-        writer = video_writer.VideoWriter(tmp / "overlay.mp4", fps) if overlay else None
-
-        def write(t, frame, pred):  # runs on the writer thread, one frame after the other
-            name = names[t] if t < len(names) else f"{t:05d}"
-            if keypoints:
-                (tmp / f"{name}.json").write_text(label_io.keypoints_json(pred[None], meta))
-                shown = visualize.overlay_keypoints(frame, pred)
-            else:
-                label_io.write_mask(tmp / f"{name}.png", pred, fmt)
-                shown = visualize.overlay_mask(frame, pred, fmt)
-            if writer is not None:
-                writer.write(shown)
-
-        # Writing PNGs and the overlay overlaps the next frames' decoding and propagation.
-        with writer or contextlib.nullcontext(), \
-                concurrent.futures.ThreadPoolExecutor(1, "writer") as pool:
-            pending = collections.deque()
-            for t, (frame, pred) in enumerate(stream):
-                if keypoints:
-                    all_joints.append(pred)
-                pending.append(pool.submit(write, t, frame, pred))
-                while len(pending) > _WRITE_QUEUE or (pending and pending[0].done()):
-                    pending.popleft().result()  # raises the writer's error, if any
-                bar.update(t + 1)
-            while pending:
-                pending.popleft().result()
-            bar.done()
+    try:
+        size = (info["height"], info["width"])
+        keypoints = pathlib.Path(labels_path).suffix.lower() == ".json"
         if keypoints:
-            (tmp / "keypoints.json").write_text(label_io.keypoints_json(np.stack(all_joints), meta))
+            joints_all, meta = label_io.read_keypoints(labels_path)
+            first = joints_all[0]
+            if not np.isfinite(first).all(axis=-1).any():
+                raise label_io.LabelError(f"{labels_path}: no joint is annotated in frame 0")
+            label_io.check_keypoints(labels_path, first, size, meta.get("joint_names"))
+            stream = prop.propagate_keypoints(frames, first, embed, config, step, local_step)
+        else:
+            ids, fmt = label_io.read_mask(labels_path, _THRESHOLD.value)
+            ids, _ = label_io.split_void(ids, fmt)  # void (255 in a palette mask) = background
+            label_io.check_mask(labels_path, ids, size)
+            stream = prop.propagate_mask(frames, ids, embed, config, step, local_step)
+        fps = info["fps"] or _FPS.value
+        bar = Progress(len(names))
+        all_joints = []
+        out_dir = pathlib.Path(out_dir)
+        if out_dir.exists() and not _OVERWRITE.value:
+            raise ValueError(f"{out_dir}: already exists (use --overwrite to replace it)")
+        with atomic.Staged(out_dir, directory=True) as tmp:
+            writer = video_writer.VideoWriter(tmp / "overlay.mp4", fps) if overlay else None
+
+            def write(t, frame, pred):  # runs on the writer thread, one frame after the other
+                name = names[t] if t < len(names) else f"{t:05d}"
+                if keypoints:
+                    (tmp / f"{name}.json").write_text(label_io.keypoints_json(pred[None], meta))
+                    shown = visualize.overlay_keypoints(frame, pred)
+                else:
+                    label_io.write_mask(tmp / f"{name}.png", pred, fmt)
+                    shown = visualize.overlay_mask(frame, pred, fmt)
+                if writer is not None:
+                    writer.write(shown)
+
+            # Writing PNGs and the overlay overlaps the next frames' decoding and propagation.
+            with writer or contextlib.nullcontext(), \
+                    concurrent.futures.ThreadPoolExecutor(1, "writer") as pool:
+                pending = collections.deque()
+                for t, (frame, pred) in enumerate(stream):
+                    if keypoints:
+                        all_joints.append(pred)
+                    pending.append(pool.submit(write, t, frame, pred))
+                    while len(pending) > _WRITE_QUEUE or (pending and pending[0].done()):
+                        pending.popleft().result()  # raises the writer's error, if any
+                    bar.update(t + 1)
+                while pending:
+                    pending.popleft().result()
+                bar.done()
+            if keypoints:
+                (tmp / "keypoints.json").write_text(
+                    label_io.keypoints_json(np.stack(all_joints), meta))
+    finally:
+        frames.close()  # stops the decoding thread (also on an error)
 
 
 def main(argv):

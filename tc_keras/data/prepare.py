@@ -199,6 +199,10 @@ def _clean_stale(out_dir, num_shards):
             p.unlink()
 
 
+class NothingStored(ValueError):
+    """No video of the input could be stored (each one's reason is in report.json)."""
+
+
 def prepare(input_path, out_dir, *, fps=DEFAULT_FPS, height=DEFAULT_HEIGHT, workers=None,
             videos_per_shard=64, min_frames=DEFAULT_MIN_FRAMES, jpeg_quality=90,
             keep_truncated=False):
@@ -216,6 +220,9 @@ def prepare(input_path, out_dir, *, fps=DEFAULT_FPS, height=DEFAULT_HEIGHT, work
         manifest.jsonl) instead of skipping it.
     Returns:
       The report dict (also written to out_dir/report.json).
+    Raises:
+      FileNotFoundError: the input holds no video; NothingStored: none of its videos could be
+        stored (out_dir then holds only report.json).
     """
     videos = find_videos(input_path)
     out_dir = pathlib.Path(out_dir)
@@ -237,7 +244,15 @@ def prepare(input_path, out_dir, *, fps=DEFAULT_FPS, height=DEFAULT_HEIGHT, work
             for name, vids in todo for vid, path, folder_fps in vids]
     workers = workers or os.cpu_count() or 1
     _run(jobs, todo, out_dir, workers, settings)
-    return _write_summary(out_dir, plan, input_path)
+    report = _write_summary(out_dir, plan, input_path)
+    if not report["videos"]:  # nothing to train on: only the report is left, no empty shards
+        for name, _ in plan:
+            (out_dir / name).unlink(missing_ok=True)
+            (out_dir / name).with_suffix(".json").unlink(missing_ok=True)
+        (out_dir / "manifest.jsonl").unlink(missing_ok=True)
+        raise NothingStored(f"{input_path}: none of its {report['skipped_count']} videos could "
+                            f"be stored; the reason for each is in {out_dir / 'report.json'}")
+    return report
 
 
 def _run(jobs, todo, out_dir, workers, settings):

@@ -336,20 +336,27 @@ def prefetched(items, depth=4):
     slots = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def put(entry):  # False once the consumer has stopped (never blocks past that)
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce():
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        slots.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put((item, None)):
                     return
-            slots.put((done, None))
+            put((done, None))
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            slots.put((done, e))
+            put((done, e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:  # a generator: its finally blocks (open files) run now
+                close()
 
     thread = threading.Thread(target=produce, daemon=True, name="prefetch")
     thread.start()
