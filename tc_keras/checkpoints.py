@@ -73,11 +73,6 @@ def restore_training_model(workdir, checkpoint=""):
     return model, path
 
 
-def _shown(value):
-    """A value as it is typed on the command line."""
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
 def config_conflicts(workdir, config):
     """["--encoder: resnet18 (stored) vs resnet50 (given)", ...]: flags outside RESUMABLE whose
     value differs from `<workdir>/config.json`; [] when the workdir has no config.json yet.
@@ -95,7 +90,8 @@ def config_conflicts(workdir, config):
         for name, value in values.items():
             if name in RESUMABLE or name not in old or old[name] == value:
                 continue
-            out.append(f"--{name}: {_shown(old[name])} (stored) vs {_shown(value)} (given)")
+            out.append(f"--{name}: {tconfig.shown(old[name])} (stored) vs "
+                       f"{tconfig.shown(value)} (given)")
     return out
 
 

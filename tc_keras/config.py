@@ -148,8 +148,8 @@ _DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEF
            bool: flags.DEFINE_bool}
 
 
-def _shown(value):
-    """A default as a user types it on the command line."""
+def shown(value):
+    """A flag value as a user types it on the command line."""
     if isinstance(value, bool):
         return str(value).lower()
     return f"{value:g}" if isinstance(value, float) else str(value)
@@ -162,7 +162,7 @@ def define_flags(flag_values=flags.FLAGS):
             if field.name in flag_values:
                 continue
             help_text, choices = field.metadata["help"], field.metadata["choices"]
-            default = "" if field.default == "" else f" Default: {_shown(field.default)}."
+            default = "" if field.default == "" else f" Default: {shown(field.default)}."
             text = help_text + default
             if choices:
                 flags.DEFINE_enum(field.name, field.default, list(choices), text,

@@ -49,7 +49,7 @@ def test_every_field_is_one_flag_with_its_default_in_the_help():
         flag = values[field.name]
         assert flag.default == field.default, field.name
         if field.default != "":
-            assert flag.help.endswith(f"Default: {tconfig._shown(field.default)}."), flag.help
+            assert flag.help.endswith(f"Default: {tconfig.shown(field.default)}."), flag.help
     assert values["long_weight"].help.endswith("Default: 0.02.")
     assert values["sim_theta_grad"].help.endswith("Default: true.")
     values(["train", "--workdir=w", "--encoder=resnet18", "--nosim_theta_grad", "--crop_size=168",
