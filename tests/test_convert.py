@@ -7,11 +7,6 @@ forward pass of the original architecture: torch.nn.functional on a file written
 """
 
 import json
-import os
-import pathlib
-import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,13 +16,12 @@ from tc_keras import convert, encoder_io, label_io
 from tc_keras.data import synthetic
 from tests import release_reference as ref
 from tests.pth_writer import write_pth
+from tests.tool_run import TF_AND_LITE_NOISE, assert_user_error, run_tool
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Converted float32 features against a float64 reference (both L2-normalised); measured ~4e-7.
 ATOL = 1e-4
 SIZES = [(64, 64), (56, 88)]  # square, and non-square with odd sizes at stride 8 (7x11)
 BACKENDS = ["torch", "numpy"]
-_TF_NOISE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} |INFO: Created)")
 
 
 def _write(release, backend, path):
@@ -179,18 +173,8 @@ def test_wrong_or_broken_checkpoints_are_clear_errors(tmp_path):
 
 
 # ------------------------------------------------------------------------------ the tools
-def run_tool(tool, *args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, str(ROOT / "tools" / tool), *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=300)
-
-
 def _one_error_line(result, *names):
-    assert result.returncode == 1, result.stderr
-    lines = [ln for ln in result.stderr.strip().splitlines() if not _TF_NOISE.match(ln)]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    for name in names:
-        assert str(name) in lines[0], lines[0]
+    assert_user_error(result, *names, noise=TF_AND_LITE_NOISE)
 
 
 @pytest.mark.slow

@@ -1,11 +1,5 @@
 """tools/export.py end to end, and tools/propagate.py through Keras, SavedModel and TFLite."""
 
-import os
-import pathlib
-import re
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
@@ -15,16 +9,9 @@ from tc_keras import encoder_io
 from tc_keras import label_io
 from tc_keras.data import synthetic
 from tc_keras.data import video_writer
+from tests.tool_run import TF_AND_LITE_NOISE, assert_user_error, run_tool
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-_TF_NOISE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} |INFO: Created)")
-
-
-def run_tool(tool, *args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, str(ROOT / "tools" / tool), *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +41,7 @@ def test_next_version_and_one_line_errors(exported):
             (("--checkpoint", workdir, "--random", "--out", out / "x"), ["give either"]),
             (("--out", out / "x", "--quantize", "int4"), ["--quantize int4"]),
             (("--checkpoint", workdir), ["--out"])):
-        result = run_tool("export.py", *args)
-        assert result.returncode == 1, result.stderr
-        lines = [ln for ln in result.stderr.strip().splitlines() if not _TF_NOISE.match(ln)]
-        assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-        for name in names:
-            assert str(name) in lines[0], lines[0]
+        assert_user_error(run_tool("export.py", *args), *names, noise=TF_AND_LITE_NOISE)
     assert not (out / "x").exists()
     # Random weights only when asked for, and then with a warning (here the version exists).
     result = run_tool("export.py", "--random", "--out", out / "tc", "--version", 1)
@@ -96,9 +78,7 @@ def test_propagate_rejects_broken_export(tmp_path):
     label_io.write_mask(tmp_path / "mask.png", masks[0], label_io.DAVIS_MASK)
     result = run_tool("propagate.py", "--video", video, "--labels", tmp_path / "mask.png",
                       "--out", tmp_path / "o", "--encoder", tmp_path / "bad.tflite")
-    assert result.returncode == 1
-    lines = [ln for ln in result.stderr.strip().splitlines() if not _TF_NOISE.match(ln)]
-    assert len(lines) == 1 and "bad.tflite" in lines[0], result.stderr
+    assert_user_error(result, "bad.tflite", noise=TF_AND_LITE_NOISE)
 
 
 def test_keras_loader_reads_workdir(exported):

@@ -2,10 +2,7 @@
 
 import json
 import os
-import pathlib
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,16 +11,9 @@ from PIL import Image
 from tc_keras import label_io
 from tc_keras.data import synthetic
 from tests import broken_files
+from tests.tool_run import assert_user_error, run_tool
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def run_tool(tool, *args, pythonpath=()):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*map(str, pythonpath), str(ROOT)]),
-               TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, str(ROOT / "tools" / tool), *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=300)
 
 
 def write_frames(folder, frames):
@@ -41,19 +31,6 @@ def clip(tmp_path_factory):
     write_frames(root / "frames", frames)
     label_io.write_mask(root / "mask.png", masks[0], label_io.DAVIS_MASK)
     return root, frames, masks
-
-
-# TensorFlow's C++ start-up log lines, which no environment variable silences under TF 2.21.
-_TF_NOISE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} )")
-
-
-def assert_user_error(result, *names):
-    assert result.returncode == 1, result.stderr
-    lines = [ln for ln in result.stderr.strip().splitlines() if not _TF_NOISE.match(ln)]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert "Traceback" not in result.stderr
-    for name in names:
-        assert str(name) in lines[0], lines[0]
 
 
 def test_mask_run_keeps_palette_and_size(clip, tmp_path):
