@@ -34,12 +34,14 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tc_keras import encoder_io  # noqa: E402
-from tc_keras import export as export_lib  # noqa: E402
-from tc_keras import propagate as prop  # noqa: E402
-from tc_keras import runtimes as runtime_lib  # noqa: E402
-from tc_keras.encoder import FEATURE_STRIDE  # noqa: E402
-from tc_keras.label_step import local_tiles, radius_mask, vote, vote_local  # noqa: E402
+from tc_keras.export import encoder_io  # noqa: E402
+from tc_keras.export import graphs as export_lib  # noqa: E402
+from tc_keras.propagation import propagate as prop  # noqa: E402
+from tc_keras.propagation import presets  # noqa: E402
+from tc_keras.export import runtimes as runtime_lib  # noqa: E402
+from tc_keras.model.encoder import FEATURE_STRIDE  # noqa: E402
+from tc_keras.propagation.label_step import vote, vote_local  # noqa: E402
+from tc_keras.propagation.tiles import local_tiles, radius_mask  # noqa: E402
 
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed embed calls per runtime (median reported).")
 _STEP_CHUNKS = flags.DEFINE_integer("step_chunks", 2, "Timed label-step chunks per runtime "
@@ -70,7 +72,7 @@ def _size(path):
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    config = prop.PRESETS["default"]
+    config = presets.PRESETS["default"]
     encoder = encoder_io.load_encoder_model("random", int(_DEPTH.value), seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()

@@ -73,10 +73,10 @@ def random_with_batchnorm_statistics(out_dir, run_dir, batches=40):
         return out_dir
     import tensorflow as tf
 
-    from tc_keras import config as tconfig
-    from tc_keras.checkpoints import load_run_config
+    from tc_keras.train import config as tconfig
+    from tc_keras.train.checkpoints import load_run_config
     from tc_keras.data import pipeline
-    from tc_keras.encoder_io import load_encoder_model, save_encoder
+    from tc_keras.export.encoder_io import load_encoder_model, save_encoder
 
     config = load_run_config(run_dir)
     data = pipeline.clip_dataset(real_shards(run_dir), batch_size=8, shuffle_buffer=64, seed=5,

@@ -10,7 +10,7 @@ workdir's clip settings and prints (and with --json writes):
    patch found in its own frame (`self`), the first backward step (`first`, frame t-1, where the
    true position is close to the target's) and the skip-1 cycle (`skip`), next to the error of
    always answering the mean theta of the clips (`mean-theta`).
-2. The inlier score (the reference's similarity term, PAPER.md) at the localizer's theta and at
+2. The inlier score (the reference's similarity term, docs/METHOD.md, "Similarity") at the localizer's theta and at
    the true theta, next to chance (1 / number of image positions).
 3. A fresh tracker trained for --probe_steps on the encoder's fixed features (BatchNorm on batch
    statistics, as in training) for the supervised self-localisation task and for the skip-1
@@ -45,11 +45,11 @@ def main(argv):
     import keras
     import tensorflow as tf
 
-    from tc_keras import losses as tl
-    from tc_keras import config as tconfig
-    from tc_keras.checkpoints import load_run_config, restore_training_model
+    from tc_keras.model import losses as tl
+    from tc_keras.train import config as tconfig
+    from tc_keras.train.checkpoints import load_run_config, restore_training_model
     from tc_keras.data import pipeline
-    from tc_keras.tracker import Tracker
+    from tc_keras.model.tracker import Tracker
 
     workdir = (ROOT / _WORKDIR.value).resolve()
     try:

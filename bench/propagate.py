@@ -37,12 +37,13 @@ import tensorflow as tf  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from tc_keras import context as context_lib  # noqa: E402
-from tc_keras import encoder_io  # noqa: E402
-from tc_keras import label_io  # noqa: E402
-from tc_keras import propagate as prop  # noqa: E402
+from tc_keras.propagation import context as context_lib  # noqa: E402
+from tc_keras.export import encoder_io  # noqa: E402
+from tc_keras.data import label_io  # noqa: E402
+from tc_keras.propagation import propagate as prop  # noqa: E402
+from tc_keras.propagation import presets  # noqa: E402
 from tc_keras.data import davis, video  # noqa: E402
-from tc_keras.label_step import local_tiles, radius_mask  # noqa: E402
+from tc_keras.propagation.tiles import local_tiles, radius_mask  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _DAVIS = flags.DEFINE_string("davis_root", str(ROOT.parent / "shared" / "data" / "davis2016-dev"),
@@ -52,7 +53,7 @@ _DEPTHS = flags.DEFINE_list("depths", ["18", "50"], "ResNet depths to time.")
 _SIZES = flags.DEFINE_list("sizes", ["240", "0"], "Short sides in px (0 = native 480p).")
 _FRAMES = flags.DEFINE_integer("frames", 10, "Frames timed per configuration (after 2 warm-up "
                                "frames; 480p configurations time half as many).")
-_PRESET = flags.DEFINE_enum("preset", "default", sorted(prop.PRESETS), "Protocol to time.")
+_PRESET = flags.DEFINE_enum("preset", "default", sorted(presets.PRESETS), "Protocol to time.")
 _LONG_FRAMES = flags.DEFINE_integer("long_frames", 400, "Length of the long video (memory); 0 "
                                     "skips it.")
 _MEMORY_SIZE = flags.DEFINE_integer("memory_size", 120, "Short side (px) for the memory run.")
@@ -111,7 +112,7 @@ def label_step_flops(h, w, config, channels):
 
 
 def bench_speed(depth, size, peak, frames):
-    config = dataclasses.replace(prop.PRESETS[_PRESET.value], size=size or None)
+    config = dataclasses.replace(presets.PRESETS[_PRESET.value], size=size or None)
     seq = pathlib.Path(_DAVIS.value) / davis.IMAGES / _SEQUENCE.value
     ids, fmt = label_io.read_mask(pathlib.Path(_DAVIS.value) / davis.ANNOTATIONS
                                   / _SEQUENCE.value / "00000.png")
@@ -149,7 +150,7 @@ def bench_speed(depth, size, peak, frames):
         prop.GraphContext = original
         shutil.rmtree(out, ignore_errors=True)
     first = next(video.iter_frames(seq))
-    mh, mw = prop.model_size(*first.shape[:2], config)
+    mh, mw = presets.model_size(*first.shape[:2], config)
     enc = encoder_flops(model, mh, mw)
     exact, tiled = label_step_flops(mh // 8, mw // 8, config, model.output_shape[-1])
     e, s = embed.seconds / count, steps[0].seconds / count
@@ -212,7 +213,7 @@ def main(argv):
         for depth in (int(d) for d in _DEPTHS.value):
             bench_speed(depth, size, peak, _FRAMES.value if size else max(2, _FRAMES.value // 2))
     if _LONG_FRAMES.value >= 50:
-        bench_memory(prop.PRESETS[_PRESET.value])
+        bench_memory(presets.PRESETS[_PRESET.value])
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def build(depth, precision, batch_size, crop_size, num_past):
     import keras
     import tensorflow as tf
 
-    from tc_keras.model import TimeCycle
+    from tc_keras.model.timecycle import TimeCycle
 
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(0)

@@ -16,13 +16,13 @@ at feature resolution (30x30 -> 10x10), which is what the tracker relies on.
 
 from keras import ops
 
-# ImageNet statistics used to normalise RGB frames (PAPER.md, "frames").
+# ImageNet statistics used to normalise RGB frames (docs/METHOD.md, "Frames").
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# The patch is 1/3 of the frame on each side (PAPER.md, "patch" and "localizer g").
+# The patch is 1/3 of the frame on each side (docs/METHOD.md, "Patch").
 PATCH_SCALE = 1.0 / 3.0
-# The training clip: k past frames and one square crop for the whole clip (PAPER.md, "Model");
+# The training clip: k past frames and one square crop for the whole clip (docs/METHOD.md, "Clip sampling");
 # the data pipeline and the model share them.
 NUM_PAST = 4
 CROP_SIZE = 240
@@ -129,7 +129,7 @@ def affine_sample(image, theta, height, width):
 def theta_from_params(tx, ty, angle, scale=PATCH_SCALE):
     """(B,) translation and rotation -> (B, 2, 3) theta with a fixed isotropic scale.
 
-    theta = [[s cos a, -s sin a, tx], [s sin a, s cos a, ty]] (PAPER.md, "localizer g").
+    theta = [[s cos a, -s sin a, tx], [s sin a, s cos a, ty]] (docs/METHOD.md, "Localizer").
     """
     c = ops.cos(angle) * scale
     s = ops.sin(angle) * scale
@@ -157,7 +157,7 @@ def affinity_softmax(image_feats, query_feats, temperature):
 
 def warp_points(theta, num_points=20):
     """Warps a num_points x num_points grid over [-1, 1]^2: (B, num_points**2, 2)."""
-    # Grid from -1 to 1 inclusive (PAPER.md, l_theta).
+    # Grid from -1 to 1 inclusive (docs/METHOD.md, "l_theta").
     lin = ops.linspace(-1.0, 1.0, num_points, dtype=theta.dtype)
     gx = ops.broadcast_to(lin[None, :], (num_points, num_points))
     gy = ops.broadcast_to(lin[:, None], (num_points, num_points))

@@ -1,6 +1,6 @@
-"""A tiny writer of PyTorch checkpoint files without torch, for tests of tc_keras.pth.
+"""A tiny writer of PyTorch checkpoint files without torch, for tests of tc_keras.convert.pth.
 
-Writes both on-disk formats of `torch.save` (described in tc_keras/pth.py): the zip archive and
+Writes both on-disk formats of `torch.save` (described in tc_keras/convert/pth.py): the zip archive and
 the legacy stream. Tensors are NumPy arrays (or `Strided` views into a shared storage); they are
 pickled as torch does, as `torch._utils._rebuild_tensor_v2` over a persistent storage id.
 `py2_strings=True` writes str as Python 2 byte strings (BINSTRING), as the 2019 TimeCycle

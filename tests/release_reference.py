@@ -2,7 +2,7 @@
 
 State dicts with the releases' exact key names and shapes (seeded random values), and their
 forward passes in PyTorch (torch.nn.functional, float64) and NumPy (float64), written from the
-releases' public model code (PAPER.md; tc_keras/convert.py lists the facts):
+releases' public model code (docs/METHOD.md, "Published numbers"; tc_keras/convert/releases.py lists the facts):
 
 - TimeCycle `CycleTime` (DataParallel, keys `module.*`): `encoderVideo` = ResNet-50 of Conv3d
   with time kernel 1 (conv1 k(1,7,7) stride (1,2,2) padding (0,3,3); max pool (1,3,3) stride

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tc_keras import batchnorm
+from tc_keras.model import batchnorm
 from tests.layer_check import run_layer_check
 
 

@@ -1,13 +1,14 @@
-"""tc_keras.checkpoints: a run's training state and config, and rebuilding the model from them."""
+"""tc_keras.train.checkpoints: a run's training state and config, and rebuilding the model from them."""
 
 import json
 
 import numpy as np
 import pytest
 
-from tc_keras import checkpoints
-from tc_keras import config as tconfig
-from tc_keras.checkpoints import training_checkpoint
+from tc_keras.export import encoder_io
+from tc_keras.train import checkpoints
+from tc_keras.train import config as tconfig
+from tc_keras.train.checkpoints import training_checkpoint
 from tests import broken_files
 from tests.test_model import small_model
 
@@ -43,7 +44,7 @@ def test_config_conflicts_name_each_fixed_flag(tmp_path):
     cfg = tconfig.Config(tconfig.DataConfig(), tconfig.ModelConfig(encoder="resnet18"),
                          tconfig.TrainConfig(workdir=str(tmp_path)))
     assert checkpoints.config_conflicts(tmp_path, cfg) == []  # a new workdir
-    (tmp_path / checkpoints.CONFIG_FILE).write_text(cfg.to_json())
+    (tmp_path / encoder_io.CONFIG_FILE).write_text(cfg.to_json())
     other = tconfig.Config(
         tconfig.DataConfig(crop_size=168, resize_short=192, data="elsewhere"),
         tconfig.ModelConfig(encoder="resnet50", sync_batchnorm=True),
@@ -61,7 +62,7 @@ def test_restore_training_model_from_a_workdir(tmp_path):
                          tconfig.TrainConfig(workdir=str(tmp_path)))
     with pytest.raises(ValueError, match="not a training workdir"):
         checkpoints.load_run_config(tmp_path)
-    (tmp_path / checkpoints.CONFIG_FILE).write_text(cfg.to_json())
+    (tmp_path / encoder_io.CONFIG_FILE).write_text(cfg.to_json())
     assert checkpoints.load_run_config(tmp_path) == cfg
     with pytest.raises(ValueError, match="no checkpoint"):
         checkpoints.restore_training_model(tmp_path)

@@ -1,4 +1,4 @@
-"""tc_keras.config: flags made from the dataclass fields, validation, config -> kwargs."""
+"""tc_keras.train.config: flags made from the dataclass fields, validation, config -> kwargs."""
 
 import copy
 import dataclasses
@@ -8,8 +8,8 @@ import pathlib
 import pytest
 from absl import flags
 
-from tc_keras import config as tconfig
-from tc_keras import model as tmodel
+from tc_keras.train import config as tconfig
+from tc_keras.model import timecycle as tmodel
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""tc_keras.convert and tools/convert_weights.py: the TimeCycle and CRW releases, converted exactly.
+"""tc_keras.convert.releases and tools/convert_weights.py: the TimeCycle and CRW releases, converted exactly.
 
 Each release is written as a checkpoint file with its exact key names and shapes (seeded random
 values; tests/release_reference.py), converted, and its features compared with an independent
@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tc_keras import convert, encoder_io, label_io
+from tc_keras.convert import releases as convert
+from tc_keras.export import encoder_io
+from tc_keras.data import label_io
 from tc_keras.data import synthetic
 from tests import release_reference as ref
 from tests.pth_writer import write_pth
@@ -95,7 +97,7 @@ def _theta(tracker, image, patch):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_timecycle_tracker_theta(converted, backend):
-    from tc_keras.tracker import Tracker
+    from tc_keras.model.tracker import Tracker
 
     state, folder = converted("timecycle", backend)
     image, patch = _tracker_inputs()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tc_keras.encoder import ResNetEncoder
+from tc_keras.model.encoder import ResNetEncoder
 from tests.layer_check import run_layer_check
 
 # Pinned counts. Trainable = the torchvision ResNet trunk up to res4 (stem + res2..res4: 8,543,296

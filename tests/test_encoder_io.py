@@ -1,11 +1,13 @@
-"""tc_keras.encoder_io: the one loader of an --encoder argument, and the encoder file."""
+"""tc_keras.export.encoder_io: the one loader of an --encoder argument, and the encoder file."""
+
+import pathlib
 
 import keras
 import numpy as np
 import pytest
 
-from tc_keras import encoder_io
-from tc_keras.encoder import ResNetEncoder
+from tc_keras.export import encoder_io
+from tc_keras.model.encoder import ResNetEncoder
 
 
 def test_load_encoder_specs(tmp_path):
@@ -48,10 +50,10 @@ def test_save_encoder_writes_atomically_and_loads_back(tmp_path):
 
 
 def test_encoder_files_saved_with_keras_batchnorm_load(tmp_path, monkeypatch):
-    """Encoders saved before the fused BatchNorm (tc_keras.batchnorm) used Keras' own layer; the
+    """Encoders saved before the fused BatchNorm (tc_keras.model.batchnorm) used Keras' own layer; the
     weights of the BatchNorms a block keeps in a list are stored under the class's name, so their
     files must still load (with every moving statistic, not silently skipped)."""
-    from tc_keras import batchnorm
+    from tc_keras.model import batchnorm
 
     monkeypatch.setattr(batchnorm, "BatchNormalization", keras.layers.BatchNormalization)
     keras.utils.set_random_seed(3)
@@ -69,3 +71,19 @@ def test_encoder_files_saved_with_keras_batchnorm_load(tmp_path, monkeypatch):
     for a, b in zip(old.variables, loaded.variables):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
 
+
+
+def test_encoder_file_saved_before_the_subsystem_move_loads():
+    """tests/fixtures/encoder_b9206ce.keras: a ResNet-18 encoder saved by the flat layout of
+    commit b9206ce (tc_keras/encoder.py), weights zero but for BatchNorm's scale and moving
+    variance (1) and the projection (0.5), so the file is small. It must load after the move."""
+    path = pathlib.Path(__file__).parent / "fixtures" / "encoder_b9206ce.keras"
+    model = encoder_io.load_encoder_model(str(path))
+    encoder = model if isinstance(model, ResNetEncoder) else next(
+        layer for layer in model.layers if isinstance(layer, ResNetEncoder))
+    assert encoder.depth == 18
+    np.testing.assert_array_equal(np.asarray(encoder.projection.kernel), 0.5)
+    ones = [v for v in encoder.weights if "moving_variance" in v.path or "gamma" in v.path]
+    assert ones and all(np.all(np.asarray(v) == 1) for v in ones)
+    assert sum(int(np.count_nonzero(np.asarray(v))) for v in encoder.weights) == (
+        encoder.projection.kernel.numpy().size + sum(v.numpy().size for v in ones))

@@ -1,4 +1,4 @@
-"""tc_keras.export: SavedModel and TFLite graphs agree with the Keras path; loaders; errors."""
+"""tc_keras.export.graphs: SavedModel and TFLite graphs agree with the Keras path; loaders; errors."""
 
 import os
 import subprocess
@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tc_keras import encoder_io
-from tc_keras import export
-from tc_keras import runtimes as runtime_lib
-from tc_keras.encoder import ResNetEncoder
-from tc_keras.label_step import local_tiles, radius_mask, vote, vote_local
+from tc_keras.export import encoder_io
+from tc_keras.export import graphs as export
+from tc_keras.export import runtimes as runtime_lib
+from tc_keras.model.encoder import ResNetEncoder
+from tc_keras.propagation.label_step import vote, vote_local
+from tc_keras.propagation.tiles import local_tiles, radius_mask
 
 # Float32 features: Keras vs SavedModel vs TFLite differ by kernel summation order only
 # (measured ~4e-7 on unit-norm features); quantised variants are compared by cosine similarity.
@@ -164,7 +165,7 @@ def test_tflite_builtin_ops_only(exported):
     ("reflect", None, "MIRROR_PAD"),  # the CRW release's
 ])
 def test_tflite_builtin_ops_only_with_release_options(tmp_path, padding, out_channels, pad_op):
-    """Symmetric padding and no projection (tc_keras/convert.py) export to builtins, same features."""
+    """Symmetric padding and no projection (tc_keras/convert/releases.py) export to builtins, same features."""
     keras.utils.set_random_seed(0)
     encoder = keras.Sequential([keras.Input((None, None, 3)), ResNetEncoder(
         depth=18, padding=padding, out_channels=out_channels)])

@@ -1,10 +1,10 @@
-"""tc_keras.label_io: which grayscale masks are ids, soft masks, thresholds, keypoints in frame."""
+"""tc_keras.data.label_io: which grayscale masks are ids, soft masks, thresholds, keypoints in frame."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tc_keras import label_io
+from tc_keras.data import label_io
 
 
 def _gray(path, ids):

@@ -1,9 +1,10 @@
-"""tc_keras.label_step: the dense and local label steps against a float64 NumPy reference."""
+"""tc_keras.propagation.label_step and tiles: the dense and local label steps against a float64 NumPy reference."""
 
 import numpy as np
 import pytest
 
-from tc_keras import label_step as L
+from tc_keras.propagation import label_step as L
+from tc_keras.propagation import tiles as tiles_lib
 
 
 # ---------------------------------------------------------------------------------- references
@@ -46,7 +47,7 @@ def test_vote_matches_float64_reference(joint, radius):
     feats = random_unit(rng, m, h * w, c)
     labels = rng.uniform(size=(m, h * w, k))
     queries = random_unit(rng, h * w, c)
-    allowed = None if radius is None else L.radius_mask(h, w, radius)
+    allowed = None if radius is None else tiles_lib.radius_mask(h, w, radius)
     short = np.array([False, True, True])
     got = L.vote(feats.astype("float32"), labels.astype("float32"), queries.astype("float32"),
                  allowed, short, topk=4, temperature=0.1, joint_topk=joint)
@@ -58,7 +59,7 @@ def _local(feats, labels, queries, radius, tile, topk, temperature, joint):
     """`vote_local` on (M, N, .) context (first frame long-term) -> (Q=N, K) like `vote`."""
     h, w = feats.shape[1:3]
     feats, labels = feats.reshape(len(feats), h * w, -1), labels.reshape(len(labels), h * w, -1)
-    tiles = L.local_tiles(h, w, radius, tile)
+    tiles = tiles_lib.local_tiles(h, w, radius, tile)
     out = L.vote_local(feats[:1], labels[:1], feats[1:].transpose(1, 0, 2),
                        labels[1:].transpose(1, 0, 2), queries[tiles.query_index],
                        tiles.key_index, tiles.allowed, topk=topk, temperature=temperature,
@@ -82,7 +83,7 @@ def test_vote_local_equals_dense_vote(joint, h, w, radius, tile):
     labels = rng.uniform(size=(m, h, w, k))
     queries = random_unit(rng, h * w, c)
     topk = 5 if joint else 12  # per-frame top-k above the region size where the radius is 0
-    allowed, short = L.radius_mask(h, w, radius), np.arange(m) > 0
+    allowed, short = tiles_lib.radius_mask(h, w, radius), np.arange(m) > 0
     flat_feats, flat_labels = feats.reshape(m, h * w, c), labels.reshape(m, h * w, k)
     want = np.asarray(L.vote(flat_feats, flat_labels, queries, allowed, short, topk=topk,
                              temperature=0.1, joint_topk=joint))
@@ -102,7 +103,7 @@ def test_vote_local_breaks_ties_like_vote():
     labels = rng.uniform(size=(m, h, w, k)).astype(np.float32)
     queries = np.eye(3)[rng.integers(0, 3, h * w)].astype(np.float32)
     want = np.asarray(L.vote(feats.reshape(m, h * w, 3), labels.reshape(m, h * w, k), queries,
-                             L.radius_mask(h, w, 2.0), np.arange(m) > 0, topk=10,
+                             tiles_lib.radius_mask(h, w, 2.0), np.arange(m) > 0, topk=10,
                              temperature=0.05))
     np.testing.assert_allclose(_local(feats, labels, queries, 2.0, (4, 4), 10, 0.05, True),
                                want, rtol=0, atol=1e-5)
@@ -110,16 +111,16 @@ def test_vote_local_breaks_ties_like_vote():
 
 def test_local_tiles_cover_the_radius():
     h, w, radius = 13, 17, 3.5
-    tiles = L.local_tiles(h, w, radius, (4, 5))
+    tiles = tiles_lib.local_tiles(h, w, radius, (4, 5))
     t, p = tiles.query_index.shape
     r = tiles.key_index.shape[1]
     assert tiles.allowed.shape == (t, p, r)
     real = (4 + 6) * (5 + 6)
-    assert r == -(-real // L.TOPK_BLOCK) * L.TOPK_BLOCK  # padded to whole blocks
+    assert r == -(-real // tiles_lib.TOPK_BLOCK) * tiles_lib.TOPK_BLOCK  # padded to whole blocks
     assert np.all(tiles.key_index[:, real:] == -1) and not tiles.allowed[:, :, real:].any()
     np.testing.assert_array_equal(tiles.query_index.ravel()[tiles.slot], np.arange(h * w))
     assert np.all(np.diff(tiles.key_index[:, :real], axis=1) > 0)  # increasing: `vote`'s order
-    dense = L.radius_mask(h, w, radius)
+    dense = tiles_lib.radius_mask(h, w, radius)
     for i in range(t):
         # Every key within the radius of a tile query lies in the tile's region, and `allowed`
         # is the dense mask restricted to the region.
@@ -129,30 +130,23 @@ def test_local_tiles_cover_the_radius():
 
 
 def test_choose_tile_weighs_wasted_keys_against_gathers():
-    assert L.choose_tile(30, 53, 12.0) == (30, 8)   # size 240: full-height bands
-    assert L.choose_tile(60, 107, 12.0) == (12, 12)  # 480p
-    assert L.choose_tile(5, 6, 12.0) == (5, 6)      # the map fits in one region
+    assert tiles_lib.choose_tile(30, 53, 12.0) == (30, 8)   # size 240: full-height bands
+    assert tiles_lib.choose_tile(60, 107, 12.0) == (12, 12)  # 480p
+    assert tiles_lib.choose_tile(5, 6, 12.0) == (5, 6)      # the map fits in one region
 
 
 def test_radius_mask_counts():
-    mask = L.radius_mask(5, 5, 1)
+    mask = tiles_lib.radius_mask(5, 5, 1)
     assert mask.shape == (25, 25)
     assert mask[12].sum() == 5        # centre: itself + 4 neighbours
     assert mask[0].sum() == 3         # corner
-    assert L.radius_mask(5, 5, 0).sum() == 25
+    assert tiles_lib.radius_mask(5, 5, 0).sum() == 25
 
 
-def test_propagate_step_shapes_and_minmax():
-    rng = np.random.default_rng(1)
-    feats = random_unit(rng, 3, 4, 6, 8).astype("float32")
-    labels = rng.uniform(size=(3, 4, 6, 2)).astype("float32")
-    query = random_unit(rng, 4, 6, 8).astype("float32")
-    out = np.asarray(L.propagate_step(feats, labels, query, topk=3, temperature=0.1,
-                                      radius_mask=L.radius_mask(4, 6, 2.0),
-                                      short_term=np.array([False, True, True]), minmax=True))
-    assert out.shape == (4, 6, 2)
-    np.testing.assert_allclose(out.reshape(-1, 2).min(0), 0.0, atol=1e-6)
-    np.testing.assert_allclose(out.reshape(-1, 2).max(0), 1.0, atol=1e-6)
+def test_minmax_normalize_each_channel_to_unit_range():
+    labels = np.array([[0.2, 5.0], [0.6, 1.0], [0.4, 3.0]], np.float32)  # (N, K)
+    out = np.asarray(L.minmax_normalize(labels))
+    np.testing.assert_allclose(out, [[0.0, 1.0], [1.0, 0.0], [0.5, 0.5]], atol=1e-6)
 
 
 @pytest.mark.parametrize("topk", [1, 10, 60])
@@ -164,7 +158,7 @@ def test_blocked_joint_topk_on_unpadded_regions_and_large_k(topk):
     feats = random_unit(rng, m, h, w, c)
     labels = rng.uniform(size=(m, h, w, k))
     queries = random_unit(rng, h * w, c)
-    tiles = L.local_tiles(h, w, 1.5, (3, 4))
+    tiles = tiles_lib.local_tiles(h, w, 1.5, (3, 4))
     real = int((tiles.key_index[0] >= 0).sum())
     flat_feats, flat_labels = feats.reshape(m, h * w, c), labels.reshape(m, h * w, k)
     got = L.vote_local(flat_feats[:1], flat_labels[:1], flat_feats[1:].transpose(1, 0, 2),
@@ -172,6 +166,6 @@ def test_blocked_joint_topk_on_unpadded_regions_and_large_k(topk):
                        tiles.key_index[:, :real], tiles.allowed[:, :, :real], topk=topk,
                        temperature=0.1)
     got = np.asarray(got).reshape(-1, k)[tiles.slot]
-    want = np.asarray(L.vote(flat_feats, flat_labels, queries, L.radius_mask(h, w, 1.5),
+    want = np.asarray(L.vote(flat_feats, flat_labels, queries, tiles_lib.radius_mask(h, w, 1.5),
                              np.arange(m) > 0, topk=topk, temperature=0.1))
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)

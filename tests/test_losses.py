@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tc_keras import losses as tl
+from tc_keras.model import losses as tl
 from tc_keras import ops as tops
 from tests.test_ops import np_bilinear, random_thetas
 
@@ -125,7 +125,7 @@ def test_unknown_similarity_is_a_clear_error():
 
 
 def test_inlier_score_gradient_reaches_theta_unless_stopped():
-    """The reference does not detach theta in the inlier term (PAPER.md, "Gradient paths"): the
+    """The reference does not detach theta in the inlier term (docs/METHOD.md, "Gradient paths"): the
     score's gradient in theta matches finite differences; `theta_grad=False` stops it."""
     import tensorflow as tf
 

@@ -1,9 +1,9 @@
-"""tc_keras.metrics against hand-computed cases and brute-force references."""
+"""tc_keras.propagation.metrics against hand-computed cases and brute-force references."""
 
 import numpy as np
 import pytest
 
-from tc_keras import metrics
+from tc_keras.propagation import metrics
 
 
 def square(size=64, top=10, left=10, side=20):

@@ -6,7 +6,7 @@ import tensorflow as tf
 import keras
 
 from tc_keras import ops as tops
-from tc_keras.model import TimeCycle
+from tc_keras.model.timecycle import TimeCycle
 
 CROP = 168  # smallest crop whose 7x7-cell patch fits the localizer's two 4x4 valid convs
 PATCH = CROP // 3
@@ -176,7 +176,7 @@ def test_similarity_term_alone_reaches_the_localizer_unless_stopped(sim_theta_gr
 
 
 def _reference_unroll(model, batch):
-    """The cycles of PAPER.md one tracker call at a time (21 calls for k = 4), as written before
+    """The cycles (docs/METHOD.md, "Long and skip cycles") one tracker call at a time (21 calls for k = 4), as written before
     the calls were batched: the model's outputs must equal these."""
     k = model.num_past
     past, target, patch = (np.asarray(batch[key]) for key in ("past", "target", "patch"))
@@ -222,9 +222,9 @@ def test_batched_tracker_calls_equal_one_call_at_a_time(num_past):
 
 
 def test_train_step_losses_and_gradients_equal_with_keras_batchnorm(monkeypatch):
-    """The fused BatchNorm (tc_keras.batchnorm) changes nothing but speed: the same losses and
+    """The fused BatchNorm (tc_keras.model.batchnorm) changes nothing but speed: the same losses and
     gradients, to float tolerance, as Keras' own BatchNormalization on a fixed batch."""
-    from tc_keras import batchnorm
+    from tc_keras.model import batchnorm
 
     model = small_model(num_past=2)
     batch = make_batch(7, k=2)

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tc_keras import ops as tc_ops
-from tc_keras.data import pipeline, prepare, records, synthetic
+from tc_keras.data import pipeline, records, shard_files, synthetic
 
 MEAN = np.array(tc_ops.IMAGENET_MEAN)
 STD = np.array(tc_ops.IMAGENET_STD)
@@ -178,7 +178,7 @@ def _ids(records):
 
 
 def test_input_context_shards_files_or_records(shards):
-    files = prepare.resolve_shards(shards)
+    files = shard_files.resolve_shards(shards)
     ctx = [tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=i)
            for i in range(2)]
     got = [_ids(pipeline.video_records(files, repeat=False, input_context=c)) for c in ctx]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tc_keras.data import pool, prepare, synthetic
+from tc_keras.data import pool, prepare, shard_files, synthetic
 from tests import broken_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def test_prepare_tool_skips_bad_files(tmp_path, videos):
     assert report["videos"] == 2
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["good.mp4", "nested/deeper/good2.MP4"]
-    shards = prepare.resolve_shards(out)
+    shards = shard_files.resolve_shards(out)
     assert len(shards) == 3 and not list(out.glob("*.partial"))
     records = [r for s in shards for r in _read_shard(s)]
     assert [r["id"].numpy().decode() for r in records] == ["good.mp4", "nested/deeper/good2.MP4"]
@@ -86,7 +86,7 @@ def test_resume_skips_finished_shards(tmp_path, videos):
     out = tmp_path / "out"
     kw = dict(height=32, workers=1, videos_per_shard=2)
     prepare.prepare(videos, out, **kw)
-    shards = prepare.resolve_shards(out)
+    shards = shard_files.resolve_shards(out)
     mtimes = {s: os.stat(s).st_mtime_ns for s in shards}
     # A killed run leaves a stale partial shard; another shard lost its .json (killed between
     # the two renames) and must be redone.
@@ -111,12 +111,12 @@ def test_list_file_and_changed_input(tmp_path, videos):
     out = tmp_path / "out"
     report = prepare.prepare(listing, out, height=32, workers=1, videos_per_shard=1)
     assert report["videos"] == 1 and report["skipped"][0]["id"] == "src/empty.mp4"
-    assert [pathlib.Path(s).name for s in prepare.resolve_shards(out / "manifest.jsonl")] == [
+    assert [pathlib.Path(s).name for s in shard_files.resolve_shards(out / "manifest.jsonl")] == [
         "shard-00001-of-00002.tfrecord"]
     # A different video list gives a different shard count; old shards are removed.
     listing.write_text("src/good.mp4\n")
     prepare.prepare(listing, out, height=32, workers=1, videos_per_shard=1)
-    assert [pathlib.Path(s).name for s in prepare.resolve_shards(out)] == [
+    assert [pathlib.Path(s).name for s in shard_files.resolve_shards(out)] == [
         "shard-00000-of-00001.tfrecord"]
 
 
@@ -124,16 +124,16 @@ def test_resolve_shards(tmp_path):
     for name in ["b.tfrecord", "a.tfrecord", "c.txt"]:
         (tmp_path / name).write_bytes(b"")
     expected = [str(tmp_path / "a.tfrecord"), str(tmp_path / "b.tfrecord")]
-    assert prepare.resolve_shards(tmp_path) == expected
-    assert prepare.resolve_shards(str(tmp_path / "*.tfrecord")) == expected
-    assert prepare.resolve_shards(tmp_path / "a.tfrecord") == expected[:1]
-    assert prepare.resolve_shards([tmp_path / "b.tfrecord", tmp_path / "a.tfrecord"]) == expected
+    assert shard_files.resolve_shards(tmp_path) == expected
+    assert shard_files.resolve_shards(str(tmp_path / "*.tfrecord")) == expected
+    assert shard_files.resolve_shards(tmp_path / "a.tfrecord") == expected[:1]
+    assert shard_files.resolve_shards([tmp_path / "b.tfrecord", tmp_path / "a.tfrecord"]) == expected
     for bad in [tmp_path / "nothing", tmp_path / "*.zip"]:
         with pytest.raises(FileNotFoundError, match=str(bad).replace("*", r"\*")):
-            prepare.resolve_shards(bad)
+            shard_files.resolve_shards(bad)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no .*tfrecord"):
-        prepare.resolve_shards(tmp_path / "empty")
+        shard_files.resolve_shards(tmp_path / "empty")
 
 
 def test_no_videos_is_an_error(tmp_path):
@@ -152,7 +152,7 @@ def test_real_videos_at_12fps(shared_data, tmp_path):
     frames = {pathlib.Path(r["source"]).suffix: (r["frames"], r["size"]) for r in rows}
     assert frames[".mp4"] == (120, [64, 150])  # 10 s at 12 fps; 640x272 -> 150x64
     assert frames[".avi"][0] == 19 and frames[".avi"][1] == [64, 86]  # 1.6 s at 12 fps
-    images = [tf.io.decode_jpeg(f).numpy() for r in _read_shard(prepare.resolve_shards(
+    images = [tf.io.decode_jpeg(f).numpy() for r in _read_shard(shard_files.resolve_shards(
         tmp_path / "out")[0]) for f in r["frames"][:2]]
     assert all(np.mean(im) > 20 for im in images)
 
@@ -240,10 +240,10 @@ def _tool(*args, **popen):
 def test_verify_names_a_cut_shard_and_a_rerun_redoes_it(tmp_path, videos):
     out = tmp_path / "out"
     prepare.prepare(videos, out, height=32, workers=1, videos_per_shard=2)
-    assert prepare.verify(out) == {}
-    shard = prepare.resolve_shards(out)[0]
+    assert shard_files.verify(out) == {}
+    shard = shard_files.resolve_shards(out)[0]
     broken_files.cut(shard, 0.6)
-    bad = prepare.verify(out)
+    bad = shard_files.verify(out)
     assert list(bad) == [shard] and "truncated or corrupt after 0 good records" in bad[shard]
     result = _tool("--verify", f"--out={out}")
     assert result.returncode == 1
@@ -252,7 +252,7 @@ def test_verify_names_a_cut_shard_and_a_rerun_redoes_it(tmp_path, videos):
         f"error: {out}: 1 of 3 shards are truncated or corrupt")
     # The shard's .json records its size: a rerun redoes the cut shard.
     prepare.prepare(videos, out, height=32, workers=1, videos_per_shard=2)
-    assert prepare.verify(out) == {}
+    assert shard_files.verify(out) == {}
     result = _tool("--verify", f"--out={out}")
     assert result.returncode == 0 and "all 3 shards read back whole" in result.stdout
 

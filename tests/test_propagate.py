@@ -1,4 +1,4 @@
-"""tc_keras.propagate: exact propagation of masks and keypoints through a generated video with
+"""tc_keras.propagation.propagate: exact propagation of masks and keypoints through a generated video with
 features that make nearest neighbours exact, the streaming buffers and the presets (the label step
 itself: tests/test_label_step.py)."""
 
@@ -8,27 +8,29 @@ import keras
 import numpy as np
 import pytest
 
-from tc_keras import metrics
-from tc_keras import context, label_step
-from tc_keras import propagate as P
-from tc_keras.encoder import FEATURE_STRIDE
+from tc_keras.propagation import metrics
+from tc_keras.propagation import context
+from tc_keras.propagation import label_step
+from tc_keras.propagation import propagate as P
+from tc_keras.propagation import presets
+from tc_keras.model.encoder import FEATURE_STRIDE
 from tests.test_label_step import random_unit
 
 CELL = FEATURE_STRIDE
 
 
 def test_model_size_and_presets():
-    assert P.model_size(480, 854, P.PRESETS["crw"]) == (480, 856)
-    assert P.model_size(480, 854, P.PRESETS["paper"]) == (320, 320)
-    assert P.model_size(240, 320, dataclasses.replace(P.PRESETS["crw"], size=120)) == (120, 160)
-    paper = P.PRESETS["paper"]
+    assert presets.model_size(480, 854, presets.PRESETS["crw"]) == (480, 856)
+    assert presets.model_size(480, 854, presets.PRESETS["paper"]) == (320, 320)
+    assert presets.model_size(240, 320, dataclasses.replace(presets.PRESETS["crw"], size=120)) == (120, 160)
+    paper = presets.PRESETS["paper"]
     assert (paper.context, paper.topk, paper.joint_topk, paper.minmax) == (7, 5, False, True)
-    crw = P.PRESETS["crw"]
+    crw = presets.PRESETS["crw"]
     assert (crw.context, crw.radius, crw.topk, crw.joint_topk) == (20, 12.0, 10, True)
     with pytest.raises(ValueError, match="topk"):
-        P.PropagationConfig(topk=0)
+        presets.PropagationConfig(topk=0)
     with pytest.raises(ValueError, match="square"):
-        P.PropagationConfig(square=True)
+        presets.PropagationConfig(square=True)
 
 
 def test_keypoint_heatmaps_round_trip():
@@ -87,11 +89,11 @@ def code_embed(frames):
 def test_mask_propagation_is_exact_on_translating_object(preset):
     video, masks = synthetic_video(step=(1, 1) if preset == "crw_small_radius" else (0, 1))
     config = {
-        "default": P.PRESETS["default"],
+        "default": presets.PRESETS["default"],
         # The paper's matching rule at native size (the square 320 resize would blur the cells).
-        "paper_native": dataclasses.replace(P.PRESETS["paper"], size=None, square=False),
+        "paper_native": dataclasses.replace(presets.PRESETS["paper"], size=None, square=False),
         # A radius just large enough for the diagonal motion of one cell per frame.
-        "crw_small_radius": dataclasses.replace(P.PRESETS["crw"], radius=1.5, context=3),
+        "crw_small_radius": dataclasses.replace(presets.PRESETS["crw"], radius=1.5, context=3),
     }[preset]
     out = list(P.propagate_mask(iter(video), masks[0], code_embed, config))
     assert len(out) == len(video)
@@ -131,7 +133,7 @@ def test_local_and_dense_paths_propagate_the_same(radius):
         calls.append(1)
         return label_step.vote_local(*args, **kwargs)
 
-    config = dataclasses.replace(P.PRESETS["default"], radius=radius, context=3, topk=4)
+    config = dataclasses.replace(presets.PRESETS["default"], radius=radius, context=3, topk=4)
     labels0 = rng.uniform(size=(5, 7, 2)).astype(np.float32)
     # Only a local step given: the dense parts take `vote`.
     local = [x for _, x in P.Propagator(embed, config, local_step=counted).run(frames, labels0)]
@@ -181,7 +183,7 @@ def test_bad_inputs_raise_clear_errors():
 def test_context_buffers_stay_bounded():
     """Only first + `context` frames are kept: the buffers never grow with the video."""
     video, masks = synthetic_video(frames=5)
-    config = dataclasses.replace(P.PRESETS["default"], context=2)
+    config = dataclasses.replace(presets.PRESETS["default"], context=2)
     prop = P.Propagator(code_embed, config)
     h, w = prop.feature_size(64, 64)
     onehot = np.stack([masks[0] == 0, masks[0] == 1], -1).astype(np.float32)
@@ -196,21 +198,22 @@ def test_context_buffers_stay_bounded():
 
 
 def test_default_preset_is_the_follow_up_protocol():
-    assert P.PRESETS["default"] == P.PRESETS["crw"] == P.PropagationConfig()
+    assert presets.PRESETS["default"] == presets.PRESETS["crw"] == presets.PropagationConfig()
 
 
 def test_masks_on_a_dev_sequence_match_the_dense_reference(shared_data):
     """Real frames and a random ResNet-18: the compiled local path (graph context, `vote_local`)
     gives the masks of the dense `vote` with the radius mask (NumPy context), up to a handful of
     pixels where float summation order may flip a near tie (at most 0.1%), and the same J&F."""
-    from tc_keras import encoder_io, label_io
+    from tc_keras.export import encoder_io
+    from tc_keras.data import label_io
     from tc_keras.data import video
 
     root = shared_data / "davis2016-dev"
     frames = list(video.iter_frames(root / "JPEGImages/480p/blackswan"))[:8]
     gt = [label_io.read_mask(root / f"Annotations/480p/blackswan/{t:05d}.png")[0]
           for t in range(8)]
-    config = dataclasses.replace(P.PRESETS["default"], size=120, context=5)
+    config = dataclasses.replace(presets.PRESETS["default"], size=120, context=5)
     embed = encoder_io.load_encoder("random", 18)
     fast = [m for _, m in P.propagate_mask(frames, gt[0], embed, config)]
     ref = [m for _, m in P.propagate_mask(frames, gt[0], embed, config, step=label_step.vote)]

@@ -1,4 +1,4 @@
-"""tc_keras.pth: PyTorch checkpoints (zip and legacy formats) read without torch."""
+"""tc_keras.convert.pth: PyTorch checkpoints (zip and legacy formats) read without torch."""
 
 import argparse
 import collections
@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from tc_keras import pth
+from tc_keras.convert import pth
 from tests.pth_writer import Strided, write_pth
 
 

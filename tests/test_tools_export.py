@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tc_keras import encoder_io
-from tc_keras import label_io
+from tc_keras.export import encoder_io
+from tc_keras.data import label_io
 from tc_keras.data import synthetic
 from tc_keras.data import video_writer
 from tests.tool_run import TF_AND_LITE_NOISE, assert_user_error, run_tool

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tc_keras import label_io
+from tc_keras.data import label_io
 from tc_keras.data import synthetic
 from tests import broken_files
 from tests.tool_run import assert_user_error, run_tool

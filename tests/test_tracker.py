@@ -5,7 +5,7 @@ import keras
 import pytest
 
 from tc_keras import ops as tops
-from tc_keras.tracker import AFFINITY_TEMPERATURE, Affinity, Localizer, SpatialSampler, Tracker
+from tc_keras.model.tracker import AFFINITY_TEMPERATURE, Affinity, Localizer, SpatialSampler, Tracker
 from tests.layer_check import run_layer_check
 
 
@@ -61,7 +61,7 @@ def test_tracker_composes_and_round_trips():
 
 
 def test_localizer_initialised_as_the_reference_and_parameter_count_pinned():
-    """Convolutions without bias, Kaiming normal fan_out; dense N(0, 0.01), zero bias (PAPER.md)."""
+    """Convolutions without bias, Kaiming normal fan_out; dense N(0, 0.01), zero bias (docs/METHOD.md, "Initialisation")."""
     keras.utils.set_random_seed(0)
     tracker = Tracker(patch_size=(10, 10))
     tracker.build((None, 30, 30, 512), (None, 10, 10, 512))

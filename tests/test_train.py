@@ -13,8 +13,8 @@ import keras
 import numpy as np
 import pytest
 
-from tc_keras import checkpoints
-from tc_keras import config as tconfig
+from tc_keras.train import checkpoints
+from tc_keras.train import config as tconfig
 from tests import broken_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def test_unknown_flag_value_and_missing_data_are_clear_errors(tmp_path):
 
 
 def test_monitor_stops_on_non_finite_loss_naming_the_step():
-    from tc_keras.monitor import TrainingMonitor
+    from tc_keras.train.monitor import TrainingMonitor
 
     saved = []
     monitor = TrainingMonitor(saved.append, "/tmp/unused_tb", log_every=100, checkpoint_every=100,
@@ -167,13 +167,13 @@ def test_rerun_with_other_model_flags_names_them_and_changes_nothing(tmp_path):
 
 def test_cut_shard_during_training_is_named(tmp_path):
     """A shard cut short used to stop training with a bare DataLossError naming no file."""
-    from tc_keras.data import prepare, synthetic
+    from tc_keras.data import prepare, shard_files, synthetic
 
     synthetic.write_corpus(tmp_path / "corpus", 2, frames=24, size=(168, 168), fps=12, seed=5)
     shards_dir = tmp_path / "shards"
     prepare.prepare(tmp_path / "corpus" / "videos", shards_dir, height=168, workers=1,
                     videos_per_shard=1)
-    shard = prepare.resolve_shards(shards_dir)[1]
+    shard = shard_files.resolve_shards(shards_dir)[1]
     broken_files.cut(shard, 0.5)
     workdir = tmp_path / "run"
     result = subprocess.run(train_cmd(workdir, f"--data={shards_dir}", "--train_steps=3",
@@ -241,7 +241,7 @@ def test_two_workers_train_together_and_agree(tmp_path):
 
 def test_data_list_of_videos_is_prepared_into_the_workdir(tmp_path):
     """--data names raw videos (a .txt list): they are prepared into <workdir>/prepared/<name>."""
-    from tc_keras import train
+    from tc_keras.train import trainer as train
     from tc_keras.data import synthetic
 
     synthetic.write_corpus(tmp_path / "corpus", 2, frames=20, size=(48, 48), fps=12, seed=4)
@@ -258,7 +258,7 @@ def test_data_list_of_videos_is_prepared_into_the_workdir(tmp_path):
 def test_rotation_ramp_callback_follows_the_step():
     import tensorflow as tf
 
-    from tc_keras.monitor import RotationRamp
+    from tc_keras.train.monitor import RotationRamp
 
     class _Model:  # what the callback reads: the optimizer's step counter
         class optimizer:
@@ -275,7 +275,7 @@ def test_rotation_ramp_callback_follows_the_step():
 
 def test_cpu_has_bfloat16_reads_cpuinfo_flags(tmp_path):
     """--mixed_precision warns on CPUs that only emulate bfloat16: the check reads the flags."""
-    from tc_keras.train import cpu_has_bfloat16
+    from tc_keras.train.trainer import cpu_has_bfloat16
 
     info = tmp_path / "cpuinfo"
     info.write_text("flags\t\t: fpu avx2 avx512f avx512_vnni\n")

@@ -7,7 +7,7 @@ r"""Converts a published PyTorch release into a tc_keras encoder folder.
   -> weights/crw/encoder.keras, config.json
 
 The folder works wherever tc_keras takes an encoder (`tools/propagate.py --encoder DIR`,
-`tools/export.py --checkpoint DIR`). Releases and what is converted: tc_keras/convert.py and the
+`tools/export.py --checkpoint DIR`). Releases and what is converted: tc_keras/convert/releases.py and the
 README ("Published weights"). torch is not needed. A file that is not the named release (wrong
 keys or shapes, not a PyTorch checkpoint) prints one `error: ...` line and exits with status 1.
 """
@@ -16,7 +16,7 @@ from tc_keras import cli  # first: quiets TensorFlow's start-up
 
 from absl import flags  # noqa: E402
 
-from tc_keras import convert  # noqa: E402
+from tc_keras.convert import releases as convert  # noqa: E402
 
 _FROM = flags.DEFINE_enum("from", None, sorted(convert.RELEASES),
                           "Which release the checkpoint is: timecycle (TimeCycle ResNet-50, "

@@ -1,6 +1,6 @@
 r"""Scores propagation results: DAVIS J/F or JHMDB PCK. Prints a table and writes a JSON file.
 
-DAVIS (semantics in tc_keras/metrics.py, as the official DAVIS-2017 evaluation: first and last frame
+DAVIS (semantics in tc_keras/propagation/metrics.py, as the official DAVIS-2017 evaluation: first and last frame
 excluded, void pixels (255 in palette annotations) ignored, J-Mean / F-Mean over all objects,
 recall, decay):
   python tools/evaluate.py --davis_root DAVIS --results results [--sequences a,b] [--json out.json]
@@ -21,8 +21,8 @@ import pathlib
 from absl import flags
 
 from tc_keras import cli
-from tc_keras import label_io
-from tc_keras import metrics
+from tc_keras.data import label_io
+from tc_keras.propagation import metrics
 from tc_keras.data import davis
 
 _DAVIS_ROOT = flags.DEFINE_string("davis_root", None, "DAVIS root with Annotations/480p/<seq>.")

@@ -8,7 +8,7 @@ r"""Exports an encoder + the label step as a SavedModel (TF Serving layout) and 
                                                             # the export path (says so loudly)
 
 --checkpoint or --random is required. Signatures (embed / serving_default, propagate,
-propagate_per_frame) are described in tc_keras/export.py. User errors (missing checkpoint,
+propagate_per_frame) are described in tc_keras/export/graphs.py. User errors (missing checkpoint,
 existing version) print one line naming the flag as typed and exit with status 1.
 """
 
@@ -19,8 +19,8 @@ from tc_keras import cli  # first: quiets TensorFlow's start-up
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
-from tc_keras import encoder_io  # noqa: E402
-from tc_keras import export as export_lib  # noqa: E402
+from tc_keras.export import encoder_io  # noqa: E402
+from tc_keras.export import graphs as export_lib  # noqa: E402
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Encoder to export: a training workdir (its encoder.keras), an "

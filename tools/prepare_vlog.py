@@ -19,7 +19,7 @@ from tc_keras import cli  # first: quiets TensorFlow's start-up
 
 from absl import flags, logging  # noqa: E402
 
-from tc_keras.data import prepare  # noqa: E402
+from tc_keras.data import prepare, shard_files  # noqa: E402
 
 _INPUT = flags.DEFINE_string("input", None, "Folder of videos (any nesting) or a list file.")
 _OUT = flags.DEFINE_string("out", None, "Output folder for shards, manifest.jsonl, report.json.")
@@ -42,8 +42,8 @@ _VERIFY = flags.DEFINE_bool("verify", False, "Only read every shard of --out bac
 
 
 def verify(out):
-    bad = prepare.verify(out)
-    shards = prepare.resolve_shards(out)
+    bad = shard_files.verify(out)
+    shards = shard_files.resolve_shards(out)
     for shard, reason in bad.items():
         print(f"bad shard: {shard}: {reason}", file=sys.stderr)
     if bad:

@@ -38,11 +38,12 @@ import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
 from tc_keras import atomic  # noqa: E402
-from tc_keras import encoder_io  # noqa: E402
-from tc_keras import label_io  # noqa: E402
-from tc_keras import propagate as prop  # noqa: E402
-from tc_keras import runtimes  # noqa: E402
-from tc_keras import visualize  # noqa: E402
+from tc_keras.export import encoder_io  # noqa: E402
+from tc_keras.data import label_io  # noqa: E402
+from tc_keras.propagation import propagate as prop  # noqa: E402
+from tc_keras.propagation import presets  # noqa: E402
+from tc_keras.export import runtimes  # noqa: E402
+from tc_keras.propagation import visualize  # noqa: E402
 from tc_keras.data import davis  # noqa: E402
 from tc_keras.data import video as video_lib  # noqa: E402
 from tc_keras.data import video_writer  # noqa: E402
@@ -67,9 +68,9 @@ _ENCODER = flags.DEFINE_string(
 _DEPTH = flags.DEFINE_enum("depth", "18", ["18", "50"], "ResNet depth for --encoder random or "
                            ".weights.h5 files (default 18).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for --encoder random (default 0).")
-_PRESET = flags.DEFINE_enum("preset", "default", sorted(prop.PRESETS),
+_PRESET = flags.DEFINE_enum("preset", "default", sorted(presets.PRESETS),
                             "Propagation protocol; the flags below override single fields.")
-# Fields of tc_keras.propagate.PropagationConfig that a flag overrides (default: the preset's).
+# Fields of tc_keras.propagation.presets.PropagationConfig that a flag overrides (default: the preset's).
 _PROTOCOL = {
     "size": (flags.DEFINE_integer, "Input size in px: short side, or side with --square; "
              "0 = native resolution."),
@@ -106,7 +107,7 @@ def config_from_flags():
             overrides["radius"] = None if radius.lower() == "none" else float(radius)
         except ValueError:
             raise ValueError(f"--radius {radius}: expected a number or 'none'") from None
-    return dataclasses.replace(prop.PRESETS[_PRESET.value], **overrides)
+    return dataclasses.replace(presets.PRESETS[_PRESET.value], **overrides)
 
 
 def frame_names(source, count):

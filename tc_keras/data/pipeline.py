@@ -1,4 +1,4 @@
-"""tf.data input pipeline: training clips and ground-truth patches (PAPER.md, "Training data").
+"""tf.data input pipeline: training clips and ground-truth patches (docs/METHOD.md, "Clip sampling").
 
 From shards written by `tc_keras.data.prepare` (one tf.train.Example per video, JPEG frames):
 
@@ -22,9 +22,9 @@ import math
 import tensorflow as tf
 
 from tc_keras import ops as tc_ops
-from tc_keras.data import prepare
+from tc_keras.data import shard_files
 
-# Clip structure (PAPER.md, "Training data and schedule"): past frames 2 apart at 12 fps, the
+# Clip structure (docs/METHOD.md, "Training data and schedule"): past frames 2 apart at 12 fps, the
 # target 15 frames after the first; the short side resized to 256 before the crop; the patch
 # rotated by up to 45 degrees.
 FRAME_GAP = 2
@@ -33,12 +33,12 @@ RESIZE_SHORT = 256
 MAX_ROTATION_DEG = 45.0
 SHUFFLE_BUFFER = 512
 # Reference code: candidate windows of 78 px in a 240 px crop on a 7 x 7 grid, the patch drawn
-# among the 10 with most motion, its centre jittered by up to 1/12 of the frame (PAPER.md).
+# among the 10 with most motion, its centre jittered by up to 1/12 of the frame (docs/METHOD.md, "Patch location").
 MOTION_WINDOW_FRACTION = 78.0 / 240.0
 MOTION_GRID = 7
 MOTION_TOP_K = 10
 JITTER_FRACTION = 1.0 / 12.0
-# The motion frame is 2 frames after the target (PAPER.md, "Patch location").
+# The motion frame is 2 frames after the target (docs/METHOD.md, "Patch location").
 MOTION_FRAME_GAP = 2
 # Sub-seeds drawn per clip (start, crop y, crop x, flip, tie-break, choice, jitter, angle).
 _NUM_SEEDS = 8
@@ -202,7 +202,7 @@ def clip_dataset(shards, *, batch_size, num_past=tc_ops.NUM_PAST, frame_gap=FRAM
       patch_size: patch side P; default round(crop_size / 3) (80 for 240).
       max_rotation_deg: patch rotation is uniform in +-this (paper: 45).
       rotation_scale: optional scalar float32 tf.Variable in [0, 1], read for every clip: the
-        rotation range is then +-rotation_scale * max_rotation_deg (a ramp; see tc_keras.train).
+        rotation range is then +-rotation_scale * max_rotation_deg (a ramp; see tc_keras.train.trainer).
       shuffle_buffer: clips in the shuffle buffer (each holds k + 2 JPEGs, not decoded frames).
       seed: base seed; None = random.
       deterministic: same batches on every iteration (needs a seed); keeps element order in the
@@ -219,7 +219,7 @@ def clip_dataset(shards, *, batch_size, num_past=tc_ops.NUM_PAST, frame_gap=FRAM
                          f"crop_size={crop_size}")
     if patch_size is None:
         patch_size = tc_ops.patch_size(crop_size)
-    files = prepare.resolve_shards(shards)
+    files = shard_files.resolve_shards(shards)
     if input_context is not None and seed is not None:
         seed = seed + 1_000_003 * input_context.input_pipeline_id
     records = video_records(files, shuffle=True, seed=seed, deterministic=deterministic,

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from tc_keras import atomic
-from tc_keras import label_io
+from tc_keras.data import label_io
 from tc_keras.data import prepare, video_writer
 
 # Pixels per frame and degrees per frame are relative to min(H, W) so that motion looks alike at

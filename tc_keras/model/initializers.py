@@ -1,4 +1,4 @@
-"""Weight initialisers of the reference code (PAPER.md, "localizer init (reference)").
+"""Weight initialisers of the reference code (docs/METHOD.md, "Initialisation").
 
 The reference initialises every convolution (the ResNet trunk, the 1x1 projection and the
 localizer's two convolutions) with PyTorch's Kaiming normal, mode fan_out, gain sqrt(2): an
@@ -8,7 +8,7 @@ and a zero bias. Keras' "he_normal" is a *truncated* normal over fan_in, hence t
 
 import keras
 
-# Standard deviation of the localizer's dense layer weights (PAPER.md).
+# Standard deviation of the localizer's dense layer weights (docs/METHOD.md, "Initialisation").
 DENSE_STDDEV = 0.01
 
 

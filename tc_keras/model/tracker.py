@@ -1,4 +1,4 @@
-"""The differentiable tracker T(x_I, x_p) = h(x_I, g(f(x_I, x_p))) (PAPER.md, "Model").
+"""The differentiable tracker T(x_I, x_p) = h(x_I, g(f(x_I, x_p))) (docs/METHOD.md, "Model").
 
 f = `Affinity`, g = `Localizer`, h = `SpatialSampler`; `Tracker` composes them.
 """
@@ -6,12 +6,12 @@ f = `Affinity`, g = `Localizer`, h = `SpatialSampler`; `Tracker` composes them.
 import keras
 from keras import layers
 
-from tc_keras import initializers
+from tc_keras.model import initializers
 from tc_keras import ops as tops
 
-# Affinity temperature T = 512**-0.5: logits are dot / T, i.e. dot * 22.6 (PAPER.md, "affinity f").
+# Affinity temperature T = 512**-0.5: logits are dot / T, i.e. dot * 22.6 (docs/METHOD.md, "Affinity").
 AFFINITY_TEMPERATURE = 512 ** -0.5
-# The localizer (PAPER.md, "localizer g"): two valid convolutions of kernel 4 with 128 and 64
+# The localizer (docs/METHOD.md, "Localizer"): two valid convolutions of kernel 4 with 128 and 64
 # filters, LeakyReLU slope 0.1.
 LOCALIZER_FILTERS = (128, 64)
 LOCALIZER_KERNEL = 4

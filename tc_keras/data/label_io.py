@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 
-# Void label of indexed (palette) annotations (PAPER.md, "Metrics": DAVIS void).
+# Void label of indexed (palette) annotations (docs/METHOD.md, "DAVIS J and F").
 VOID_ID = 255
 # A grayscale mask with more distinct non-zero values than this is not a set of object ids
 # (DAVIS-2017 sequences have at most 10 objects).

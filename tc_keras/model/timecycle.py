@@ -10,12 +10,12 @@ A batch is a dict (see tc_keras/data/pipeline.py):
 import keras
 import tensorflow as tf
 
-from tc_keras import losses as tlosses
+from tc_keras.model import losses as tlosses
 from tc_keras import ops as tops
-from tc_keras.encoder import FEATURE_STRIDE, ResNetEncoder
-from tc_keras.tracker import AFFINITY_TEMPERATURE, LOCALIZER_FILTERS, LOCALIZER_KERNEL, Tracker
+from tc_keras.model.encoder import FEATURE_STRIDE, ResNetEncoder
+from tc_keras.model.tracker import AFFINITY_TEMPERATURE, LOCALIZER_FILTERS, LOCALIZER_KERNEL, Tracker
 
-# Optimiser defaults (PAPER.md, "Training data and schedule").
+# Optimiser defaults (docs/METHOD.md, "Training data and schedule").
 LEARNING_RATE = 2e-4
 BETA_1 = 0.5
 BETA_2 = 0.999
@@ -63,7 +63,7 @@ class TimeCycle(keras.Model):
       grad_clip_norm: clip the all-replica gradient to this global norm (None: no clipping).
       sync_batchnorm: encoder BatchNorm statistics over all replicas (see ResNetEncoder).
       encoder_padding: the encoder's padding mode (ResNetEncoder `padding`): "same" for models
-        trained here, "zeros" for the converted TimeCycle release (tc_keras/convert.py).
+        trained here, "zeros" for the converted TimeCycle release (tc_keras/convert/releases.py).
 
     Call arguments:
       inputs: dict with `past` (B, k, H, W, 3), `target` (B, H, W, 3), `patch` (B, P, P, 3).

@@ -1,9 +1,9 @@
 """Training state on disk: a run's checkpoints and its resolved config.
 
-A training workdir holds `config.json` (the resolved `tc_keras.config.Config`) and `ckpt/`, a
+A training workdir holds `config.json` (the resolved `tc_keras.train.config.Config`) and `ckpt/`, a
 `tf.train.Checkpoint` made by `training_checkpoint`; `restore_training_model` rebuilds the whole
 TimeCycle (encoder and tracker) from them. The encoder alone (`encoder.keras`) is
-`tc_keras.encoder_io`'s.
+`tc_keras.export.encoder_io`'s.
 """
 
 import json
@@ -11,14 +11,13 @@ import pathlib
 
 import tensorflow as tf
 
-from tc_keras import config as tconfig
-
-CONFIG_FILE = "config.json"
+from tc_keras.export.encoder_io import CONFIG_FILE
+from tc_keras.train import config as tconfig
 
 # Flags that may change when a workdir is run again: how long and with what logging the run goes
 # on, on which devices, and on which data. Every other flag (the model, its losses, the
 # optimizer, the clip sampling, the seed) fixes what the checkpoints hold and must match the
-# workdir's config.json; a new flag added to tc_keras.config is fixed unless listed here.
+# workdir's config.json; a new flag added to tc_keras.train.config is fixed unless listed here.
 RESUMABLE = frozenset({
     "workdir", "train_steps", "epochs", "checkpoint_every", "log_every", "image_every",
     "strategy", "data", "synthetic_videos", "synthetic_frames", "synthetic_size",
@@ -40,7 +39,7 @@ def training_checkpoint(model, **extra):
 
 
 def load_run_config(workdir):
-    """The tc_keras.config.Config a training run wrote to `<workdir>/config.json`.
+    """The tc_keras.train.config.Config a training run wrote to `<workdir>/config.json`.
 
     Raises:
       ValueError naming the workdir when it has no config.json.

@@ -1,4 +1,4 @@
-"""SavedModel / TFLite graphs of the encoder and the label step (tc_keras.runtimes runs them).
+"""SavedModel / TFLite graphs of the encoder and the label step (tc_keras.export.runtimes runs them).
 
 Layout written by `export` (TF Serving's: a model folder holding integer version folders):
 
@@ -11,7 +11,7 @@ Signatures (every input required; SavedModel signatures cannot give inputs defau
 
 - `embed` (also `serving_default`): frames uint8 (B, H, W, 3) in [0, 255], H and W multiples of 8
   -> features float32 (B, H/8, W/8, C) L2-normalised (ImageNet normalisation inside the graph).
-- `propagate`: the label step `tc_keras.label_step.vote` with joint top-k (the default/crw
+- `propagate`: the label step `tc_keras.propagation.label_step.vote` with joint top-k (the default/crw
   protocol), the very function `Propagator` calls on the Keras path:
     context_feats float32 (M, N, C), context_labels float32 (M, N, K), queries float32 (Q, C),
     allowed bool (Q, N) (key n within the radius of query q; all True = no radius),
@@ -19,11 +19,11 @@ Signatures (every input required; SavedModel signatures cannot give inputs defau
     temperature float32 () -> labels float32 (Q, K).
 - `propagate_per_frame`: the same with per-frame top-k (the paper protocol, `joint_topk=False`);
   topk <= N.
-- `propagate_local`: the label step with a radius, `tc_keras.label_step.vote_local` (joint top-k),
+- `propagate_local`: the label step with a radius, `tc_keras.propagation.label_step.vote_local` (joint top-k),
   what `Propagator` calls when the protocol has a radius (same labels as `propagate` with the
   radius mask, several times faster at 480p). Queries come in tiles of P positions, each matched
   against the N-positions of its key region (R of them) in the short-term frames, and densely
-  against the long-term frames; `tc_keras.label_step.local_tiles(h, w, radius)` gives the tiling:
+  against the long-term frames; `tc_keras.propagation.tiles.local_tiles(h, w, radius)` gives the tiling:
     long_feats float32 (L, N, C), long_labels float32 (L, N, K) (unrestricted frames: the first),
     short_feats float32 (N, S, C), short_labels float32 (N, S, K) (radius-restricted frames,
     position-major), queries float32 (T, P, C) (query features tile by tile,
@@ -32,7 +32,7 @@ Signatures (every input required; SavedModel signatures cannot give inputs defau
     position order).
 - `propagate_local_per_frame`: the same with per-frame top-k.
 
-Exports written before `propagate_local*` existed still load (tc_keras.runtimes): their runtimes
+Exports written before `propagate_local*` existed still load (tc_keras.export.runtimes): their runtimes
 have `local_step = None` and `Propagator` then runs `propagate` with the dense radius mask.
 
 Min-max normalisation (paper protocol) needs the whole frame and stays a post-step in `Propagator`.
@@ -51,8 +51,8 @@ import tensorflow as tf
 
 from tc_keras import atomic
 from tc_keras import ops as tops
-from tc_keras.encoder import FEATURE_STRIDE
-from tc_keras.label_step import vote, vote_local
+from tc_keras.model.encoder import FEATURE_STRIDE
+from tc_keras.propagation.label_step import vote, vote_local
 
 LOCAL_SIGNATURES = ("propagate_local", "propagate_local_per_frame")
 # Signatures every export has; the local ones are written too but optional when loading.

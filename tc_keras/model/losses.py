@@ -1,4 +1,4 @@
-"""TimeCycle losses (PAPER.md, "Cycles and losses"). Functions of tensors, `keras.ops` only.
+"""TimeCycle losses (docs/METHOD.md, "Cycles and losses"). Functions of tensors, `keras.ops` only.
 
 Each returns per-example values or a dict of scalars; `cycle_losses` combines the terms with the
 reference code's weights by default.
@@ -9,17 +9,17 @@ from keras import ops
 from tc_keras import ops as tops
 
 # Reference-code weights: 0.1 * 0.2 * mean_i(L_long^i) + 1.0 * inlier + 0.1 * mean_i(L_skip^i)
-# (PAPER.md, "Weights"; the 0.2 was added "for stable training").
+# (docs/METHOD.md, "Loss weights"; the 0.2 was added "for stable training").
 LONG_WEIGHT = 0.1 * 0.2
 SIM_WEIGHT = 1.0
 SKIP_WEIGHT = 0.1
 # The self-localisation term (patch found in its own frame) is not in the paper: off by default.
 SELF_WEIGHT = 0.0
-# l_theta warps a 20x20 grid over [-1, 1]^2 (PAPER.md).
+# l_theta warps a 20x20 grid over [-1, 1]^2 (docs/METHOD.md, "l_theta").
 THETA_GRID_POINTS = 20
 SIMILARITIES = ("inlier", "inner_product")
 # The reference normalises the warped identity mask by sum(mask + 1e-5) over all of its
-# N * h * w entries, i.e. adds 1e-5 per entry to the denominator (PAPER.md, "L_sim").
+# N * h * w entries, i.e. adds 1e-5 per entry to the denominator (docs/METHOD.md, "Similarity").
 INLIER_EPSILON = 1e-5
 
 
@@ -46,7 +46,7 @@ def inlier_score(affinity, theta, feature_size, theta_grad=True):
 
     As in the reference code, theta is not detached: the bilinear weights are differentiable in
     theta, so this term (weight 1.0) teaches the localizer to point where the affinity mass is
-    (PAPER.md, "Gradient paths"). `theta_grad=False` stops that gradient (an ablation): the term
+    (docs/METHOD.md, "Gradient paths"). `theta_grad=False` stops that gradient (an ablation): the term
     then shapes the features only.
 
     Args:

@@ -5,7 +5,7 @@ help text side by side (`_field`); `define_flags()` registers one absl flag per 
 tc_keras.train), so a default is written once. `Config.from_flags(FLAGS)` turns parsed flags into
 validated, frozen dataclasses, the only place where flags become values; `model_kwargs`,
 `clip_kwargs` and `build_model` the only places where a config becomes constructor arguments.
-Library code never reads FLAGS. Defaults are the paper's settings (PAPER.md, "Training data and
+Library code never reads FLAGS. Defaults are the paper's settings (docs/METHOD.md, "Training data and
 schedule"), named where they are used (tc_keras.ops, losses, model, data.pipeline).
 """
 
@@ -14,8 +14,8 @@ import json
 
 from absl import flags
 
-from tc_keras import losses as tlosses
-from tc_keras import model as tmodel
+from tc_keras.model import losses as tlosses
+from tc_keras.model import timecycle as tmodel
 from tc_keras import ops as tops
 from tc_keras.data import pipeline, synthetic
 
@@ -88,7 +88,7 @@ class ModelConfig:
                                 "patch localised in its own frame against its known theta); not "
                                 "in the paper.")
     sim_theta_grad: bool = _field(True, "The inlier similarity's gradient reaches theta and so "
-                                  "the localizer, as in the reference code (PAPER.md, 'Gradient "
+                                  "the localizer, as in the reference code (docs/METHOD.md, 'Gradient "
                                   "paths'); --nosim_theta_grad stops it (ablation; inlier only).")
     sync_batchnorm: bool = _field(False, "BatchNorm statistics over all replicas.")
     mixed_precision: bool = _field(False, "mixed_bfloat16 policy for the encoder (GPUs with "

@@ -2,7 +2,7 @@
 
 Two releases (README, "Published weights"):
 
-- `timecycle`: the TimeCycle authors' VLOG ResNet-50 (`checkpoint_14.pth.tar`, PAPER.md). A
+- `timecycle`: the TimeCycle authors' VLOG ResNet-50 (`checkpoint_14.pth.tar`, docs/METHOD.md, "Published numbers"). A
   `CycleTime` saved through DataParallel: {'epoch', 'state_dict'} with keys `module.*`. Its
   encoder `encoderVideo` is a ResNet-50 of 3-D convolutions with a time kernel of 1 (weights
   (out, in, 1, kh, kw), zero padding k//2 both sides), res4 at stride 1; `layer4` exists in the
@@ -29,14 +29,13 @@ import keras
 import numpy as np
 
 from tc_keras import atomic
-from tc_keras import pth
-from tc_keras.checkpoints import CONFIG_FILE
-from tc_keras.encoder_io import ENCODER_FILE, save_encoder
-from tc_keras.encoder import ResNetEncoder
+from tc_keras.convert import pth
+from tc_keras.export.encoder_io import CONFIG_FILE, ENCODER_FILE, save_encoder
+from tc_keras.model.encoder import ResNetEncoder
 
 TRACKER_FILE = "tracker.weights.h5"
 # The release's tracker works on 30x30 image features (900 affinity channels) and 10x10 patch
-# features: the 240x240 training crop at stride 8 (PAPER.md, "Model").
+# features: the 240x240 training crop at stride 8 (docs/METHOD.md, "Model").
 TRACKER_FEATURE_SIZE = 30
 TRACKER_PATCH_SIZE = 10
 TRACKER_CROP_SIZE = 240
@@ -52,7 +51,7 @@ RELEASES = {
                 preset="crw", tracker=False, time_kernel=False, file="pretrained.pth",
                 wrapper="model"),
 }
-# Stages converted (layer1..layer3 = res2..res4); blocks per stage as tc_keras.encoder.
+# Stages converted (layer1..layer3 = res2..res4); blocks per stage as tc_keras.model.encoder.
 _STAGES = {18: (2, 2, 2), 50: (3, 4, 6)}
 
 
@@ -96,7 +95,7 @@ def _expected(pairs, time_kernel, tracker):
             n = layer.gamma.shape[0]
             for name in ("weight", "bias", "running_mean", "running_var"):
                 shapes[f"{stem}.{name}"] = (n,)
-    if tracker:  # the Localizer of PAPER.md: conv 900->128 k4, conv 128->64 k4, dense 1024->3
+    if tracker:  # the Localizer (docs/METHOD.md, "Localizer"): conv 900->128 k4, conv 128->64 k4, dense 1024->3
         n = TRACKER_FEATURE_SIZE ** 2
         shapes.update({"afterconv3_trans.weight": (128, n, 4, 4),
                        "afterconv4_trans.weight": (64, 128, 4, 4),
@@ -189,7 +188,7 @@ def _assign_encoder(pairs, state, time_kernel):
 def affinity_channel_order(size=TRACKER_FEATURE_SIZE):
     """(size*size,) index: tc_keras affinity channel y*size + x -> the reference's x*size + y.
 
-    The reference transposes H and W before flattening image positions (x-major, PAPER.md);
+    The reference transposes H and W before flattening image positions (x-major, docs/METHOD.md, "Affinity");
     tc_keras.ops.affinity_softmax flattens them row-major (y-major).
     """
     return np.arange(size * size).reshape(size, size).T.reshape(-1)  # [y, x] -> x*size + y
@@ -239,7 +238,7 @@ def convert_state(state, release, path="checkpoint", found=None):
     _assign_encoder(pairs, state, r["time_kernel"])
     tracker = None
     if r["tracker"]:
-        from tc_keras.tracker import Tracker  # noqa: PLC0415
+        from tc_keras.model.tracker import Tracker  # noqa: PLC0415
 
         # The release's tracker: 10x10 patch cells on 30x30 image features.
         tracker = Tracker(patch_size=(TRACKER_PATCH_SIZE, TRACKER_PATCH_SIZE), name="tracker",
@@ -318,7 +317,7 @@ def timecycle_from_release(folder, **kwargs):
     Raises:
       ValueError naming `folder` when it is not a converted TimeCycle release.
     """
-    from tc_keras.model import TimeCycle  # noqa: PLC0415 (model imports TensorFlow)
+    from tc_keras.model.timecycle import TimeCycle  # noqa: PLC0415 (model imports TensorFlow)
 
     folder = pathlib.Path(folder)
     config_path = folder / CONFIG_FILE

@@ -1,4 +1,4 @@
-"""ResNet trunk phi of TimeCycle (PAPER.md, "encoder phi").
+"""ResNet trunk phi of TimeCycle (docs/METHOD.md, "Encoder").
 
 ResNet-50 or ResNet-18 from scratch, res5 removed, res4 with stride 1 (no dilation), so the total
 stride is 8; then a 1x1 convolution to 512 channels without bias, ReLU, and L2 normalisation over
@@ -7,7 +7,7 @@ is initialised as in the reference (Kaiming normal, fan_out; BatchNorm scale 1, 
 
 Padding: Keras' "same" pads a stride-2 convolution or pool of an even-sized input asymmetrically
 (nothing before, the rest after), PyTorch pads k//2 on both sides: the sampled positions differ
-by one pixel. Weights converted from the PyTorch releases (tc_keras/convert.py) need PyTorch's
+by one pixel. Weights converted from the PyTorch releases (tc_keras/convert/releases.py) need PyTorch's
 symmetric padding ("zeros": the TimeCycle release; "reflect": the Contrastive Random Walk
 release, whose convolutions reflect-pad); "same" is the default and what every tc_keras training
 run so far used.
@@ -18,15 +18,15 @@ import math
 import keras
 from keras import layers
 
-from tc_keras import batchnorm
-from tc_keras import initializers
+from tc_keras.model import batchnorm
+from tc_keras.model import initializers
 from tc_keras import ops as tops
 
 # Blocks per stage (res2, res3, res4) of the standard ResNets; res5 is removed.
 _STAGES = {18: (2, 2, 2), 50: (3, 4, 6)}
 # Width of each stage; bottleneck blocks expand by 4.
 _WIDTHS = (64, 128, 256)
-# Stride of each stage after the stem: res4 keeps stride 1 (PAPER.md) -> total stride 8.
+# Stride of each stage after the stem: res4 keeps stride 1 (docs/METHOD.md, "Encoder") -> total stride 8.
 _STAGE_STRIDES = (1, 2, 1)
 # Total stride of the features: the stem's convolution (2) and max pool (2), then the stages.
 FEATURE_STRIDE = 2 * 2 * math.prod(_STAGE_STRIDES)

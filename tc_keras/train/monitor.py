@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tc_keras import visualize
+from tc_keras.propagation import visualize
 
 # The terms shown in the log line (TensorBoard gets every metric).
 LOG_TERMS = ("loss", "long", "skip", "sim", "self", "grad_norm")

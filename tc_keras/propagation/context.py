@@ -6,10 +6,10 @@ step over it, in chunks that bound its memory.
 frame's labels (`label_step.vote_local` with a radius, `label_step.vote` without) and writes the
 frame into the ring, overwriting the oldest. Nothing of the context is copied between Python and
 TensorFlow per frame. `NumpyContext` does the same with NumPy buffers around any step callable with
-the interface of `vote` / `vote_local`: what an exported model's runtimes run (tc_keras.runtimes).
+the interface of `vote` / `vote_local`: what an exported model's runtimes run (tc_keras.export.runtimes).
 
 Both keep the ring position-major, (N, S, C), the layout `vote_local` gathers regions from, and fill
-it at the start with copies of the first frame (PAPER.md); slot (t - 1) % S holds frame t, so the
+it at the start with copies of the first frame (docs/METHOD.md, "CRW protocol"); slot (t - 1) % S holds frame t, so the
 context frames are ordered (first, slot 0, ..., slot S-1), as `vote` breaks ties.
 
 Shape legend: N = h*w positions, S short-term (recent) frames, C channels, K label channels,
@@ -19,7 +19,8 @@ M = 1 + S context frames, T tiles of P query positions, R region slots.
 import numpy as np
 import tensorflow as tf
 
-from tc_keras.label_step import local_tiles, minmax_normalize, radius_mask, vote, vote_local
+from tc_keras.propagation.label_step import minmax_normalize, vote, vote_local
+from tc_keras.propagation.tiles import local_tiles, radius_mask
 
 # Upper bound on the number of logits (M * Q * N, or their local equivalent) and of gathered key
 # features (`vote_local`) computed at once; bounds the step's memory.
@@ -49,7 +50,7 @@ class GraphContext(tf.Module):
       first_feats: (N, C) L2-normalised features of the first frame.
       first_labels: (N, K) its labels.
       height, width: the feature map size (N = height * width).
-      config: a `tc_keras.propagate.PropagationConfig`.
+      config: a `tc_keras.propagation.presets.PropagationConfig`.
 
     `step(query (N, C))` returns the query frame's labels (N, K) (min-max normalised when the
     config says so) and writes the frame into the ring.

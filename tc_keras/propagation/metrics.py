@@ -1,6 +1,6 @@
 """Evaluation metrics: DAVIS J and F (region and boundary), JHMDB PCK, part mIoU.
 
-NumPy only (no SciPy or OpenCV): morphology is done with array shifts. Semantics follow PAPER.md,
+NumPy only (no SciPy or OpenCV): morphology is done with array shifts. Semantics follow docs/METHOD.md,
 "Metrics", and the official DAVIS-2017 semi-supervised evaluation, so that figures compare with
 the papers' tables:
 
@@ -31,14 +31,14 @@ import warnings
 
 import numpy as np
 
-# DAVIS boundary tolerance: a fraction of the image diagonal (PAPER.md, "Metrics").
+# DAVIS boundary tolerance: a fraction of the image diagonal (docs/METHOD.md, "DAVIS J and F").
 BOUNDARY_TOLERANCE = 0.008
 # Number of temporal bins for the DAVIS decay statistic.
 DECAY_BINS = 4
-# A frame "succeeds" for the recall statistic when its score exceeds this (PAPER.md, "Metrics").
+# A frame "succeeds" for the recall statistic when its score exceeds this (docs/METHOD.md, "DAVIS J and F").
 RECALL_THRESHOLD = 0.5
 # PCK thresholds reported for JHMDB, and the person size L = 0.6 x the diagonal of the box of the
-# visible ground-truth joints (PAPER.md, "Metrics").
+# visible ground-truth joints (docs/METHOD.md, "JHMDB PCK").
 PCK_ALPHAS = (0.1, 0.2)
 PCK_BOX_FRACTION = 0.6
 

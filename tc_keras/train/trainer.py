@@ -5,7 +5,7 @@ optimizer, step and config in a tf.train.Checkpoint), `encoder.keras` (the encod
 tools/propagate.py and tools/export.py), `tb/` (TensorBoard) and, for `--data=synthetic`, `data/`.
 Running the same command again resumes from the newest checkpoint that reads back whole, step and
 optimizer state intact. The model flags of a rerun must match the workdir's config.json
-(tc_keras.checkpoints.RESUMABLE lists those that may change); a truncated or corrupt shard is
+(tc_keras.train.checkpoints.RESUMABLE lists those that may change); a truncated or corrupt shard is
 named. Such problems stop the run with one `error:` line: a rerun with other flags leaves the
 workdir as it was; a run stopped by an error keeps the steps it did in a checkpoint, for the rerun,
 but does not write `encoder.keras` (only periodic checkpoints and the end of training do).
@@ -25,12 +25,12 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from tc_keras import atomic  # noqa: E402
-from tc_keras import checkpoints  # noqa: E402
-from tc_keras import config as tconfig  # noqa: E402
-from tc_keras.checkpoints import CONFIG_FILE, training_checkpoint  # noqa: E402
-from tc_keras.data import pipeline, prepare, synthetic  # noqa: E402
-from tc_keras.encoder_io import ENCODER_FILE, save_encoder  # noqa: E402
-from tc_keras.monitor import RotationRamp, TrainingMonitor  # noqa: E402
+from tc_keras.train import checkpoints  # noqa: E402
+from tc_keras.train import config as tconfig  # noqa: E402
+from tc_keras.train.checkpoints import training_checkpoint  # noqa: E402
+from tc_keras.data import pipeline, prepare, shard_files, synthetic  # noqa: E402
+from tc_keras.export.encoder_io import CONFIG_FILE, ENCODER_FILE, save_encoder  # noqa: E402
+from tc_keras.train.monitor import RotationRamp, TrainingMonitor  # noqa: E402
 
 
 class RunError(Exception):
@@ -91,7 +91,7 @@ def resolve_data(config, workdir):
             except prepare.NothingStored as e:
                 raise RunError(str(e)) from None
             source = out
-        shards += prepare.resolve_shards(source)
+        shards += shard_files.resolve_shards(source)
     return sorted(set(shards))
 
 
@@ -171,9 +171,9 @@ def _naming_bad_shards(shards):
     except tf.errors.DataLossError as e:
         logging.info("Reading the %d shard(s) to find the bad one", len(shards))
         for shard in shards:
-            reason = prepare.check_shard(shard)
+            reason = shard_files.check_shard(shard)
             if reason:
-                raise RunError(prepare.bad_shard_message(shard, reason)) from None
+                raise RunError(shard_files.bad_shard_message(shard, reason)) from None
         raise RunError(f"training data: {e.message.strip().splitlines()[0]} (check the shards "
                        "with tools/prepare_vlog.py --verify --out DIR)") from None
 
@@ -311,7 +311,3 @@ def next_steps(workdir, step):
           f"--encoder {workdir}\n"
           f"  python tools/export.py --checkpoint {workdir} --out export/{name}", flush=True)
 
-
-if __name__ == "__main__":
-    tconfig.define_flags()
-    app.run(main)

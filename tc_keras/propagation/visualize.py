@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from tc_keras import label_io
+from tc_keras.data import label_io
 from tc_keras import ops as tops
 
 GREEN = (0, 255, 0)

@@ -4,7 +4,7 @@ A training workdir holds `encoder.keras` (a `keras.Sequential([Input, ResNetEnco
 ImageNet-normalised frames to features), written by `save_encoder`. `load_encoder_model` turns a
 command-line spec (identity, random, a workdir, a .keras or .weights.h5 file) into that model;
 `load_encoder` / `make_embed` wrap it as `embed(frames_uint8)` for propagation. Exported models
-(SavedModel, .tflite) are run by `tc_keras.runtimes` instead.
+(SavedModel, .tflite) are run by `tc_keras.export.runtimes` instead.
 """
 
 import pathlib
@@ -16,6 +16,8 @@ from tc_keras import atomic
 from tc_keras import ops as tops
 
 ENCODER_FILE = "encoder.keras"
+# Beside it in a training workdir or a converted release: the settings that made it (JSON).
+CONFIG_FILE = "config.json"
 
 
 def save_encoder(encoder, path):
@@ -54,7 +56,7 @@ def load_encoder_model(spec, depth=18, seed=0, flag="--encoder"):
     """The encoder model named by a command-line spec (the one checkpoint loader of the project).
 
     Args:
-      spec: "identity" -> None (the copy-the-first-frame baseline of PAPER.md's results table);
+      spec: "identity" -> None (the copy-the-first-frame baseline of docs/METHOD.md, "Published numbers");
         "random" -> a freshly initialised `ResNetEncoder(depth)` seeded with `seed`; a path to a
         `.weights.h5` file (weights of `keras.Sequential([ResNetEncoder(depth)])` or of a
         functional model wrapping only the encoder), a `.keras` file (a saved model or encoder
@@ -69,7 +71,7 @@ def load_encoder_model(spec, depth=18, seed=0, flag="--encoder"):
     Raises:
       ValueError naming `spec` when it cannot be loaded.
     """
-    from tc_keras.encoder import ResNetEncoder  # noqa: PLC0415 (keeps identity runs light)
+    from tc_keras.model.encoder import ResNetEncoder  # noqa: PLC0415 (keeps identity runs light)
 
     if spec == "identity":
         return None

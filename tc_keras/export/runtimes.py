@@ -1,8 +1,8 @@
-"""Runtimes of an exported model (tc_keras.export): embed and the label steps through its graphs.
+"""Runtimes of an exported model (tc_keras.export.graphs): embed and the label steps through its graphs.
 
 `SavedModelRuntime` (TF2 loader) and `TFLiteRuntime` (ai-edge-litert) expose the interface
 `Propagator(embed, step=..., local_step=...)` takes, so every runtime runs the same step as the
-Keras path (tc_keras.label_step): `embed(frames uint8 (B, H, W, 3))`, `step` with the interface
+Keras path (tc_keras.propagation.label_step): `embed(frames uint8 (B, H, W, 3))`, `step` with the interface
 of `vote`, `local_step` with that of `vote_local` (None for an export written before the
 `propagate_local*` signatures existed; `Propagator` then runs `step` with the dense radius mask).
 `load_runtime(path)` picks the runtime from the path.
@@ -16,8 +16,8 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-from tc_keras.encoder import FEATURE_STRIDE
-from tc_keras.export import LOCAL_SIGNATURES, REQUIRED_SIGNATURES, SIGNATURES
+from tc_keras.model.encoder import FEATURE_STRIDE
+from tc_keras.export.graphs import LOCAL_SIGNATURES, REQUIRED_SIGNATURES, SIGNATURES
 
 
 def find_saved_model(path):
