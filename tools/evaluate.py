@@ -28,9 +28,8 @@ A results folder missing frames is an error naming the missing files (exit statu
 import json
 import pathlib
 
-from absl import flags
-
 import numpy as np
+from absl import flags
 
 from tc_keras import cli
 from tc_keras.data import davis
