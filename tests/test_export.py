@@ -92,6 +92,17 @@ def test_tflite_resizes_to_other_frame_sizes(runtimes):
         assert feats.shape == (1, size[0] // 8, size[1] // 8, 512)
 
 
+def test_any_frame_size_from_8_px(exported, runtimes):
+    """Sides need not be multiples of 8 (DAVIS' 854 px: crw feeds frames at native size): the
+    features are ceil(side / 8) cells, the same in every runtime."""
+    _, embed = exported
+    frames = _frames(1, 21, 43)
+    want = np.asarray(embed(frames))
+    assert want.shape == (1, 3, 6, 512)
+    for name in ("saved_model", "tflite"):
+        np.testing.assert_allclose(runtimes[name].embed(frames), want, atol=FP32_ATOL, err_msg=name)
+
+
 def _unit_features_and_labels(rng, frames, positions, channels, classes):
     """(frames, positions, channels) L2-normalised features and (frames, positions, classes) labels."""
     feats = rng.normal(size=(frames, positions, channels)).astype(np.float32)
@@ -174,11 +185,24 @@ def test_tflite_builtin_ops_only_with_release_options(tmp_path, padding, out_cha
     assert pad_op in names, names
     assert not [n for n in names if n.startswith("Flex") or n == "CUSTOM"], names
     frames = _frames(1, 56, 88)
-    want = np.asarray(encoder_io.make_embed(encoder)(frames))
+    embed = encoder_io.make_embed(encoder)
+    want = np.asarray(embed(frames))
     assert want.shape == (1, 7, 11, out_channels or 256)
+    odd = _frames(1, 57, 90)  # not multiples of 8: (8, 12) cells
+    want_odd = np.asarray(embed(odd))
+    assert want_odd.shape[1:3] == (8, 12)
+    # Reflect padding needs 2 cells at stride 8 (9 px); zero padding 1 cell.
+    smallest = 9 if padding == "reflect" else 8
+    tiny = _frames(1, smallest - 1, 16)
+    with pytest.raises(ValueError, match=f"needs at least {smallest} px"):
+        embed(tiny)
     for runtime in (runtime_lib.SavedModelRuntime(written["saved_model"].parent),
                     runtime_lib.TFLiteRuntime(written["tflite"])):
         np.testing.assert_allclose(runtime.embed(frames), want, atol=FP32_ATOL)
+        np.testing.assert_allclose(runtime.embed(odd), want_odd, atol=FP32_ATOL)
+        assert runtime.embed(_frames(1, smallest, 16)).shape[1:3] == (-(-smallest // 8), 2)
+        with pytest.raises(ValueError, match=f"{smallest - 1}x16"):
+            runtime.embed(tiny)
 
 
 def test_converter_refuses_flex_ops(tmp_path):
@@ -195,16 +219,16 @@ def test_converter_refuses_flex_ops(tmp_path):
 def test_wrong_inputs_give_clear_errors(exported, runtimes):
     written, _ = exported
     fn = tf.saved_model.load(str(written["saved_model"])).signatures["embed"]
-    with pytest.raises(tf.errors.InvalidArgumentError, match="multiples of 8"):
-        fn(frames=tf.zeros((1, 60, 64, 3), tf.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at least 8 px"):
+        fn(frames=tf.zeros((1, 6, 64, 3), tf.uint8))
     with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError),
                        match="expected to be a uint8 tensor but is a float"):
         fn(frames=tf.zeros((1, 64, 64, 3), tf.float32))
     with pytest.raises(tf.errors.InvalidArgumentError, match="RGB; got channels"):
         fn(frames=tf.zeros((1, 64, 64, 4), tf.uint8))
     for runtime in runtimes.values():
-        with pytest.raises(ValueError, match="multiples of 8, got 60x64"):
-            runtime.embed(np.zeros((1, 60, 64, 3), np.uint8))
+        with pytest.raises(ValueError, match="at least 8 px, got 6x64"):
+            runtime.embed(np.zeros((1, 6, 64, 3), np.uint8))
         with pytest.raises(ValueError, match=r"must be uint8 \(B, H, W, 3\), got float32"):
             runtime.embed(np.zeros((1, 64, 64, 3), np.float32))
     # The raw TFLite signature runner checks the dtype itself.
@@ -285,11 +309,11 @@ def test_saved_model_cli_session_loader(exported, tmp_path):
     want = np.asarray(vote_local(*local.values(), topk=4, temperature=0.05))
     np.testing.assert_allclose(run_step("propagate_local", local), want, atol=1e-6)
 
-    bad = tmp_path / "frames60.npy"
-    np.save(bad, np.zeros((1, 60, 64, 3), np.uint8))
+    bad = tmp_path / "frames6.npy"
+    np.save(bad, np.zeros((1, 6, 64, 3), np.uint8))
     run = _saved_model_cli("run", "--dir", sm, "--tag_set", "serve", "--signature_def", "embed",
                            "--inputs", f"frames={bad}")
-    assert run.returncode != 0 and "multiples of 8" in run.stderr
+    assert run.returncode != 0 and "at least 8 px" in run.stderr
 
     scan = _saved_model_cli("scan", "--dir", sm)
     assert scan.returncode == 0, scan.stderr

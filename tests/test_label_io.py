@@ -19,6 +19,29 @@ def test_grayscale_masks_0_255_and_few_ids(tmp_path):
     assert not fmt.binary255 and not fmt.palette and ids.tolist() == [[0, 1], [2, 3]]
 
 
+def test_part_labels_up_to_20_classes(tmp_path):
+    """VIP's classes 0..19: a grayscale mask takes 19 ids besides 0 (more is taken for a soft
+    mask), a palette mask any; `read_ids` reads a dataset's id maps as stored (255 kept)."""
+    parts = np.arange(20, dtype=np.uint8).reshape(4, 5)
+    ids, fmt = label_io.read_mask(_gray(tmp_path / "g.png", parts))
+    assert ids.tolist() == parts.tolist() and not fmt.palette and not fmt.binary255
+    with pytest.raises(label_io.LabelError, match="21 distinct values"):
+        label_io.read_mask(_gray(tmp_path / "g21.png", np.arange(21).reshape(3, 7)))
+    label_io.write_mask(tmp_path / "p.png", parts, label_io.DAVIS_MASK)
+    assert label_io.read_mask(tmp_path / "p.png")[0].tolist() == parts.tolist()
+    with_void = parts.copy()
+    with_void[0, 0] = 255
+    ids, fmt = label_io.read_ids(_gray(tmp_path / "v.png", with_void))
+    assert ids.tolist() == with_void.tolist() and fmt.palette is None
+    ids, fmt = label_io.read_ids(tmp_path / "p.png")
+    assert ids.tolist() == parts.tolist() and fmt.palette
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(label_io.LabelError, match="rgb.png: a RGB image; expected an 8-bit"):
+        label_io.read_ids(tmp_path / "rgb.png")
+    with pytest.raises(label_io.LabelError, match="no such label file"):
+        label_io.read_ids(tmp_path / "missing.png")
+
+
 def test_soft_grayscale_mask_is_refused_naming_file_and_values(tmp_path):
     ramp = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (4, 1))  # 0, 8, ..., 240, 255: a blur
     ramp[:, -1] = 255

@@ -141,6 +141,34 @@ def test_radius_mask_counts():
     assert mask[12].sum() == 5        # centre: itself + 4 neighbours
     assert mask[0].sum() == 3         # corner
     assert tiles_lib.radius_mask(5, 5, 0).sum() == 25
+    strict = tiles_lib.radius_mask(5, 5, 1, strict=True)
+    assert strict[12].sum() == 1 and not tiles_lib.radius_mask(5, 5, 0, strict=True).any()
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_key_at_exactly_the_radius(strict):
+    """Query 0 of a 1x5 map and the one matching key, in the short-term frame at distance exactly
+    2 = radius: excluded when strict (crw: distance < radius), included otherwise (default:
+    distance <= radius), by the dense mask (`vote`) and by the tiles (`vote_local`)."""
+    h, w, radius = 1, 5, 2.0
+    e0, e1 = np.eye(2)
+    feats = np.tile(e1, (2, h * w, 1))  # (M, N, C): first (long-term) frame and one short-term
+    feats[1, 2] = e0
+    labels = np.tile([1.0, 0.0], (2, h * w, 1))  # (M, N, K)
+    labels[1, 2] = [0.0, 1.0]
+    queries = np.tile(e1, (h * w, 1))
+    queries[0] = e0
+    want = [1.0, 0.0] if strict else [0.0, 1.0]
+    mask = tiles_lib.radius_mask(h, w, radius, strict)
+    assert mask[0].tolist() == [True, True, not strict, False, False]
+    dense = L.vote(feats, labels, queries, mask, np.array([False, True]), topk=1,
+                   temperature=0.1)
+    np.testing.assert_allclose(np.asarray(dense)[0], want, atol=1e-6)
+    tiles = tiles_lib.local_tiles(h, w, radius, (1, 2), strict=strict)
+    local = L.vote_local(feats[:1], labels[:1], feats[1:].transpose(1, 0, 2),
+                         labels[1:].transpose(1, 0, 2), queries[tiles.query_index],
+                         tiles.key_index, tiles.allowed, topk=1, temperature=0.1)
+    np.testing.assert_allclose(np.asarray(local).reshape(-1, 2)[tiles.slot][0], want, atol=1e-6)
 
 
 def test_minmax_normalize_each_channel_to_unit_range():

@@ -1,15 +1,18 @@
-"""tc_keras.propagation.propagate: exact propagation of masks and keypoints through a generated video with
-features that make nearest neighbours exact, the streaming buffers and the presets (the label step
-itself: tests/test_label_step.py)."""
+"""tc_keras.propagation.propagate and label_maps: exact propagation of masks and keypoints through a
+generated video with features that make nearest neighbours exact, the streaming buffers, the
+presets and each protocol's resizing against hand-computed cases (the label step itself:
+tests/test_label_step.py)."""
 
 import dataclasses
 
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
 from tc_keras.propagation import metrics
 from tc_keras.propagation import context
+from tc_keras.propagation import label_maps
 from tc_keras.propagation import label_step
 from tc_keras.propagation import propagate as P
 from tc_keras.propagation import presets
@@ -17,20 +20,178 @@ from tc_keras.model.encoder import FEATURE_STRIDE
 from tests.test_label_step import random_unit
 
 CELL = FEATURE_STRIDE
+PAPER, CRW, DEFAULT = (presets.PRESETS[k] for k in ("paper", "crw", "default"))
 
 
 def test_model_size_and_presets():
-    assert presets.model_size(480, 854, presets.PRESETS["crw"]) == (480, 856)
-    assert presets.model_size(480, 854, presets.PRESETS["paper"]) == (320, 320)
-    assert presets.model_size(240, 320, dataclasses.replace(presets.PRESETS["crw"], size=120)) == (120, 160)
-    paper = presets.PRESETS["paper"]
-    assert (paper.context, paper.topk, paper.joint_topk, paper.minmax) == (7, 5, False, True)
-    crw = presets.PRESETS["crw"]
-    assert (crw.context, crw.radius, crw.topk, crw.joint_topk) == (20, 12.0, 10, True)
+    # crw: native frame, the grid the convolutions give (ceil(854 / 8) = 107); default rounds the
+    # frame to a multiple of 8 first (856 px, also 107 cells).
+    assert presets.model_size(480, 854, CRW) == (480, 854)
+    assert presets.feature_size(480, 854, CRW) == (60, 107)
+    assert presets.model_size(480, 854, DEFAULT) == (480, 856)
+    assert presets.feature_size(480, 854, DEFAULT) == (60, 107)
+    assert presets.feature_size(100, 130, CRW) == (13, 17)
+    assert presets.feature_size(100, 130, DEFAULT) == (12, 16)  # 96 x 128 px (12.5 rounds to 12)
+    assert presets.model_size(480, 854, PAPER) == (320, 320)
+    assert presets.feature_size(480, 854, PAPER) == (40, 40)
+    assert presets.model_size(240, 320, dataclasses.replace(CRW, size=120)) == (120, 160)
+    assert (PAPER.context, PAPER.topk, PAPER.joint_topk, PAPER.minmax) == (7, 5, False, True)
+    assert (PAPER.antialias, PAPER.label_resize, PAPER.output_resize, PAPER.predict_first,
+            PAPER.min_label_pixels) == (False, "nearest_bilinear", "bilinear_nearest", True, 12)
+    assert (CRW.context, CRW.radius, CRW.topk, CRW.joint_topk) == (20, 12.0, 10, True)
+    assert (CRW.native_grid, CRW.antialias, CRW.strict_radius, CRW.label_resize) == (
+        True, False, True, "bilinear")
     with pytest.raises(ValueError, match="topk"):
         presets.PropagationConfig(topk=0)
     with pytest.raises(ValueError, match="square"):
         presets.PropagationConfig(square=True)
+    with pytest.raises(ValueError, match="label_resize must be one of"):
+        presets.PropagationConfig(label_resize="cubic")
+    with pytest.raises(ValueError, match="output_resize must be one of"):
+        presets.PropagationConfig(output_resize="nearest")
+    with pytest.raises(ValueError, match="min_label_pixels"):
+        presets.PropagationConfig(min_label_pixels=-1)
+
+
+def test_native_grid_of_a_davis_frame_with_a_random_resnet18():
+    """854x480 frames go to the encoder as they are and give 107x60 features (ceil(n / 8) per
+    side: stride-2 stages round up); the first frame's labels land on that grid."""
+    from tc_keras.export import encoder_io  # noqa: PLC0415
+
+    frame = np.random.default_rng(0).integers(0, 256, (480, 854, 3), np.uint8)
+    seen = []
+    embed = encoder_io.load_encoder("random", 18)
+    prop = P.Propagator(lambda x: seen.append(x.shape) or embed(x), CRW)
+    assert prop.feature_size(480, 854) == (60, 107)
+    assert tuple(prop._features(frame).shape) == (60 * 107, 512)
+    assert seen == [(1, 480, 854, 3)]  # not resized
+    mask = np.zeros((480, 854), np.uint8)
+    mask[100:200, 300:500] = 3
+    ids, labels = label_maps.mask_labels(mask, CRW)
+    assert ids.tolist() == [0, 3] and labels.shape == (60, 107, 2)
+    with pytest.raises(ValueError, match="7x854 .HxW.; this encoder needs at least 8 px"):
+        embed(np.zeros((1, 7, 854, 3), np.uint8))
+
+
+def test_frames_resized_without_antialiasing_hand_computed():
+    """The reference protocol resizes frames with plain bilinear interpolation (half-pixel
+    centres, no low-pass filter). 16x24 -> 8x8: rows 2i and 2i+1 averaged; columns sample
+    (j + 0.5) * 3 - 0.5 = 3j + 1 exactly."""
+    frame = np.random.default_rng(1).integers(0, 256, (16, 24, 3)).astype(np.uint8)
+    want = np.round((frame[0::2, 1::3].astype(np.float64) + frame[1::2, 1::3]) / 2)
+    got = np.asarray(P.resize_frame(frame, 8, 8, antialias=False))
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(np.asarray(P.resize_frame(frame, 8, 8)), want)  # antialiased
+    seen = []
+    config = dataclasses.replace(PAPER, size=8)
+    P.Propagator(lambda x: seen.append(np.asarray(x)) or np.ones((1, 1, 1, 4)), config)._features(
+        frame)
+    np.testing.assert_array_equal(seen[0][0], want)
+
+
+def test_bilinear_label_downsampling_without_antialiasing_hand_computed():
+    """crw: one-hot maps shrink to the grid as OpenCV's default resize does: output cell j
+    samples (j + 0.5) * W / w - 0.5, between two pixels, the borders clamped."""
+    mask = np.zeros((16, 16), np.uint8)
+    mask[3:5, 4:12] = 5  # rows 3-4, columns 4-11
+    ids, labels = label_maps.mask_labels(mask, CRW)
+    # Cell (0, 0) samples rows 3, 4 and columns 3, 4: half object. Cell (0, 1): columns 11, 12.
+    np.testing.assert_allclose(labels[..., 1], [[0.5, 0.5], [0.0, 0.0]], atol=1e-6)
+    _, area = label_maps.mask_labels(mask, DEFAULT)
+    np.testing.assert_allclose(area[..., 1], [[0.125, 0.125], [0.0, 0.0]], atol=1e-6)
+    # 20 px wide -> 3 cells (ceil): columns sample 2.833, 9.5, 16.167 (rows: 3.5 of 8 rows).
+    mask = np.zeros((8, 20), np.uint8)
+    mask[:, 3] = mask[:, 16] = 1
+    ids, labels = label_maps.mask_labels(mask, CRW)
+    np.testing.assert_allclose(labels[0, :, 1], [5 / 6, 0.0, 5 / 6], atol=1e-6)
+    np.testing.assert_allclose(labels.sum(-1), 1.0, atol=1e-6)
+
+
+def test_nearest_resizes_as_pil_and_opencv():
+    # PIL (the reference's label loading): half-pixel centres, floor((i + 0.5) * src / dst).
+    assert label_maps.nearest_index(5, 16, centred=True).tolist() == [
+        0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+    # OpenCV's INTER_NEAREST (the reference's output conversion): floor(i * src / dst).
+    assert label_maps.nearest_index(16, 5, centred=False).tolist() == [0, 3, 6, 9, 12]
+    assert label_maps.nearest_index(320, 854, centred=False)[:4].tolist() == [0, 0, 0, 1]
+    ids = np.random.default_rng(2).integers(0, 20, (27, 41)).astype(np.uint8)
+    for h, w in ((320, 320), (13, 17), (80, 41)):
+        pil = np.asarray(Image.fromarray(ids, mode="L").resize((w, h), Image.NEAREST))
+        np.testing.assert_array_equal(label_maps.resize_nearest(ids, h, w, centred=True), pil)
+
+
+def test_reference_labels_nearest_then_one_hot_then_bilinear():
+    """paper: the 5x5 id map is resized to the 16x16 input by nearest neighbour (PIL), one-hot,
+    then bilinear to 2x2 cells: cell (i, j) samples 16-px pixels 8i + 3.5 -> source rows and
+    columns 1 and 3 (see test_nearest_resizes_as_pil_and_opencv)."""
+    config = dataclasses.replace(PAPER, size=16, min_label_pixels=0)
+    mask = np.zeros((5, 5), np.uint8)
+    mask[1, 1], mask[1, 3], mask[3, 3], mask[0, 0] = 4, 6, 8, 9
+    ids, labels = label_maps.mask_labels(mask, config)
+    assert ids.tolist() == [0, 4, 6, 8, 9]
+    want = np.zeros((2, 2, 5))
+    want[0, 0, 1] = want[0, 1, 2] = want[1, 1, 3] = want[1, 0, 0] = 1.0
+    np.testing.assert_allclose(labels, want, atol=1e-6)
+    # Area averaging from the native 5x5 map (the default's label_resize) is something else.
+    area = label_maps.mask_labels(mask, dataclasses.replace(config, label_resize="area"))[1]
+    assert not np.allclose(area, want, atol=0.1)
+
+
+def test_reference_keeps_objects_of_at_least_12_pixels():
+    """More than 10 pixels after an object's first one, counted on the map that is one-hot
+    encoded (the 16x16 input here: a 5x5 pixel becomes 3x3, 3x4 or 4x4 pixels). A dropped
+    object's pixels get no label at all."""
+    config = dataclasses.replace(PAPER, size=16)
+    mask = np.zeros((5, 5), np.uint8)
+    mask[1, 1], mask[2, 1], mask[2, 2] = 4, 6, 8  # 9, 12 and 16 px at 16x16
+    ids, labels = label_maps.mask_labels(mask, config)
+    assert ids.tolist() == [0, 6, 8]
+    np.testing.assert_allclose(labels[0, 0], 0.0)  # samples (1, 1) only: object 4, dropped
+    # Counted at the frame size when labels are resized from it: 11 px dropped, 12 kept.
+    mask = np.zeros((16, 16), np.uint8)
+    mask[0, :11], mask[5, :12] = 1, 2
+    ids, _ = label_maps.mask_labels(mask, dataclasses.replace(CRW, min_label_pixels=12))
+    assert ids.tolist() == [0, 2]
+    with pytest.raises(ValueError, match="no object of at least 13 px at 16x16 .* id 2: 12 px"):
+        label_maps.mask_labels(mask, dataclasses.replace(CRW, min_label_pixels=13))
+
+
+def test_reference_output_argmax_at_input_size_then_nearest():
+    """paper: soft labels upsampled bilinearly to the 16x16 input, argmaxed there, then resized
+    to the 5x7 frame by OpenCV's nearest neighbour (rows 0, 3, 6, 9, 12; columns 0, 2, 4, 6, 9,
+    11, 13)."""
+    config = dataclasses.replace(PAPER, size=16)
+    soft = np.zeros((2, 2, 2), np.float32)
+    soft[..., 0] = 0.5
+    soft[0, 0, 1] = 1.0
+    # Bilinear 2 -> 16: pixel i samples (i + 0.5) / 8 - 0.5 cells: weight of cell 0 is
+    # clip(1.5 - (i + 0.5) / 8, 0, 1); channel 1 wins where the product of two weights > 0.5.
+    weight = np.clip(1.5 - (np.arange(16) + 0.5) / 8, 0, 1)
+    at_input = (np.outer(weight, weight) > 0.5).astype(np.int32)
+    want = at_input[[0, 3, 6, 9, 12]][:, [0, 2, 4, 6, 9, 11, 13]]
+    np.testing.assert_array_equal(label_maps.label_map(soft, (5, 7), config), want)
+    direct = label_maps.label_map(soft, (5, 7), dataclasses.replace(config,
+                                                                    output_resize="bilinear"))
+    assert not np.array_equal(direct, want)
+
+
+@pytest.mark.parametrize("graph", [True, False])
+def test_reference_start_predicts_frame_0_from_itself(graph):
+    """Per-frame top-1, temperature 1, two positions with orthogonal features: a position takes
+    its own label with weight p = e / (e + 1) from each context frame. With predict_first, frame
+    0 enters the ring with labels p * given, so frame 1 (= frame 0) gets the mean of p * given
+    (first frame) and p * p * given (ring): p (1 + p) / 2 * given; without it, p * given."""
+    feats = np.eye(2, dtype=np.float32)[None, None]  # (1, 1, 2, 2): cells e0, e1
+    frames = [np.zeros((8, 16, 3), np.uint8)] * 2
+    labels0 = np.eye(2, dtype=np.float32)[None]  # (1, 2, 2): cell 0 class 0, cell 1 class 1
+    p = np.e / (np.e + 1)
+    for first, factor in ((True, p * (1 + p) / 2), (False, p)):
+        config = dataclasses.replace(PAPER, size=None, square=False, context=1, topk=1,
+                                     temperature=1.0, minmax=False, predict_first=first)
+        prop = P.Propagator(lambda x: feats, config, step=None if graph else label_step.vote)
+        out = [x for _, x in prop.run(frames, labels0)]
+        np.testing.assert_array_equal(out[0], labels0)  # frame 0: the labels given
+        np.testing.assert_allclose(out[1], factor * labels0, atol=1e-6)
 
 
 def test_keypoint_heatmaps_round_trip():
@@ -197,8 +358,35 @@ def test_context_buffers_stay_bounded():
     assert shapes == {((1, h * w, len(_PALETTE)), (h * w, 2, len(_PALETTE)), (h * w, 2, 2))}
 
 
-def test_default_preset_is_the_follow_up_protocol():
-    assert presets.PRESETS["default"] == presets.PRESETS["crw"] == presets.PropagationConfig()
+def test_default_preset_is_the_follow_up_protocol_with_its_own_conventions():
+    assert DEFAULT == presets.PropagationConfig()
+    conventions = dict(native_grid=False, antialias=True, strict_radius=False,
+                       label_resize="area")
+    assert DEFAULT == dataclasses.replace(CRW, **conventions)
+
+
+@pytest.mark.parametrize("step, local_step", [(None, None), (label_step.vote, None),
+                                               (None, label_step.vote_local)])
+def test_strict_radius_equals_a_radius_just_below(step, local_step):
+    """Cell distances are square roots of integers: keys strictly within 2 cells are those within
+    1.99. crw (strict) gives what the default (<=) gives with radius 1.99, and differs from the
+    default at 2, where the keys at distance exactly 2 count, on every path (compiled,
+    dense `vote` with the radius mask, `vote_local`'s tiles)."""
+    rng = np.random.default_rng(4)
+    feats = random_unit(rng, 5, 6, 7, 8).astype(np.float32)  # (T, h, w, C) per frame
+    frames = [np.full((6 * CELL, 7 * CELL, 3), t, np.uint8) for t in range(len(feats))]
+    labels0 = rng.uniform(size=(6, 7, 3)).astype(np.float32)
+
+    def run(config):
+        prop = P.Propagator(lambda x: feats[int(x[0, 0, 0, 0])][None], config, step, local_step)
+        return np.stack([x for _, x in prop.run(frames, labels0)])
+
+    base = dataclasses.replace(CRW, native_grid=False, context=2, topk=4)
+    strict = run(dataclasses.replace(base, radius=2.0))
+    np.testing.assert_allclose(strict, run(dataclasses.replace(
+        base, radius=1.99, strict_radius=False)), atol=1e-6)
+    assert not np.allclose(strict, run(dataclasses.replace(base, radius=2.0,
+                                                           strict_radius=False)), atol=1e-3)
 
 
 def test_masks_on_a_dev_sequence_match_the_dense_reference(shared_data):

@@ -199,3 +199,90 @@ def test_davis_dev_ground_truth_scores_one(shared_data, tmp_path):
     summary = json.loads((results / "davis_metrics.json").read_text())
     assert summary["J&F-Mean"] == pytest.approx(1.0)
     assert summary["J-Decay"] == pytest.approx(0.0)
+
+
+# ------------------------------------------------------------------------------- VIP part labels
+
+VIP_FRAMES = ["000000000001", "000000000026", "000000000051"]  # VIP_Fine: one frame in 25
+
+
+def _vip_maps():
+    """Class maps of two videos, built for the hand-computed mIoU of
+    `test_vip_parts_propagate_and_miou`."""
+    a0 = np.zeros((16, 16), np.uint8)
+    a0[:, :8], a0[:, 8:] = 1, 2
+    a1 = a0.copy()
+    a1[:4, 8:] = 3  # 32 px of class 3 where frame 0 had class 2
+    a2 = a0.copy()
+    a2[:4, :8] = 255  # void
+    b0 = np.zeros((8, 8), np.uint8)
+    b0[:4, :4] = 19
+    return {"videos1": [a0, a1, a2], "videos2": [b0, np.zeros((8, 8), np.uint8)]}
+
+
+def _write_vip(root, videos):
+    for name, maps in videos.items():
+        (root / "Images" / name).mkdir(parents=True)
+        (root / "Annotations" / "Category_ids" / name).mkdir(parents=True)
+        for stem, ids in zip(VIP_FRAMES, maps):
+            colours = np.asarray(label_io.DAVIS_PALETTE, np.uint8).reshape(-1, 3)[ids]
+            Image.fromarray(colours).save(root / "Images" / name / f"{stem}.png")
+            Image.fromarray(ids, mode="L").save(
+                root / "Annotations" / "Category_ids" / name / f"{stem}.png")
+    return root
+
+
+def test_vip_parts_propagate_and_miou(tmp_path):
+    """The identity baseline copies each video's first class map; the tool's mIoU, by hand:
+    class 1: 224 / 224 (frame 51's void rows ignored); class 2: 224 / 256; class 3: 0 / 32;
+    class 0: 48 / 64 (videos2); class 19: 0 / 16 (predicted, not in the ground truth); the
+    other classes have an empty union and are left out: (1 + 0.875 + 0 + 0.75 + 0) / 5."""
+    root = _write_vip(tmp_path / "VIP_Fine", _vip_maps())
+    results = tmp_path / "results"
+    result = run_tool("propagate.py", "--vip_root", root, "--out", results,
+                      "--encoder", "identity")
+    assert result.returncode == 0, result.stderr
+    with Image.open(results / "videos1" / f"{VIP_FRAMES[2]}.png") as im:
+        assert im.mode == "L" and np.array_equal(np.asarray(im), _vip_maps()["videos1"][0])
+    result = run_tool("evaluate.py", "--vip_root", root, "--results", results)
+    assert result.returncode == 0, result.stderr
+    scores = json.loads((results / "vip_metrics.json").read_text())
+    assert scores["mIoU"] == pytest.approx(2.625 / 5) and scores["frames"] == 3
+    per_class = scores["per_class_IoU"]
+    assert (per_class["1"], per_class["2"], per_class["3"], per_class["0"], per_class["19"]) == (
+        pytest.approx(1.0), pytest.approx(0.875), 0.0, pytest.approx(0.75), 0.0)
+    assert per_class["5"] is None and "mIoU 0.525" in result.stdout
+    # The first frames scored too: exact copies of the ground truth.
+    result = run_tool("evaluate.py", "--vip_root", root, "--results", results,
+                      "--vip_first_frame", "--json", tmp_path / "all.json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "all.json").read_text())["frames"] == 5
+    # A missing frame and a class id outside 0..19 are one line each, naming the file.
+    (results / "videos2" / f"{VIP_FRAMES[1]}.png").unlink()
+    assert_user_error(run_tool("evaluate.py", "--vip_root", root, "--results", results),
+                      results / "videos2" / f"{VIP_FRAMES[1]}.png")
+    Image.fromarray(np.full((8, 8), 20, np.uint8), mode="L").save(
+        results / "videos2" / f"{VIP_FRAMES[1]}.png")
+    assert_user_error(run_tool("evaluate.py", "--vip_root", root, "--results", results),
+                      "class ids 20 outside 0..19")
+
+
+def test_twenty_part_classes_through_a_random_encoder(tmp_path):
+    """A palette first-frame map with all 20 classes (ids 0..19) propagates through the learned
+    path (random ResNet-18, crw protocol at native size: 45x36 px -> 6x5 cells): indexed PNGs
+    with the input's palette and only its ids."""
+    ids = np.repeat(np.repeat(np.arange(20, dtype=np.uint8).reshape(4, 5), 9, 0), 9, 1)
+    frames = np.asarray(label_io.DAVIS_PALETTE, np.uint8).reshape(-1, 3)[ids]
+    write_frames(tmp_path / "frames", [frames, np.roll(frames, 2, 1), np.roll(frames, 4, 1)])
+    label_io.write_mask(tmp_path / "parts.png", ids, label_io.DAVIS_MASK)
+    out = tmp_path / "out"
+    result = run_tool("propagate.py", "--video", tmp_path / "frames", "--labels",
+                      tmp_path / "parts.png", "--out", out, "--encoder", "random",
+                      "--preset", "crw", "--nooverlay")
+    assert result.returncode == 0, result.stderr
+    for t in range(3):
+        got, fmt = label_io.read_ids(out / f"{t:05d}.png")
+        assert fmt.palette and got.shape == (36, 45) and set(np.unique(got)) <= set(range(20))
+        if t == 0:
+            np.testing.assert_array_equal(got, ids)
+        assert len(np.unique(got)) > 10  # the parts follow the shifted frames (measured: 20)

@@ -182,6 +182,21 @@ def test_frame_folder_gap_names_file(tmp_path):
     assert str(folder) in str(e.value)
 
 
+def test_frame_folder_numbered_in_constant_steps(tmp_path):
+    """One frame in 25 (VIP_Fine's annotated frames): read in order; another step is a gap, and
+    resampling by frame rate needs consecutive frames."""
+    folder = _write_folder(tmp_path / "vip", ["000000000051.jpg", "000000000001.jpg",
+                                              "000000000026.jpg"])
+    assert [p.name for p in video.list_frame_files(folder)] == [
+        "000000000001.jpg", "000000000026.jpg", "000000000051.jpg"]
+    assert len(list(video.iter_frames(folder))) == 3
+    with pytest.raises(video.VideoError, match="steps of 25"):
+        video.iter_frames(folder, fps=12, folder_fps=24)
+    (folder / "000000000051.jpg").rename(folder / "000000000076.jpg")
+    with pytest.raises(video.VideoError, match=r"gap.*expected 51.*000000000076\.jpg"):
+        video.list_frame_files(folder)
+
+
 def test_frame_folder_mixed_sizes_names_file(tmp_path):
     folder = _write_folder(tmp_path / "mixed", ["00000.png", "00001.png", "00002.png"],
                            sizes=[(24, 32), (24, 32), (20, 32)])

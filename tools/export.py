@@ -19,6 +19,7 @@ from tc_keras import cli  # first: quiets TensorFlow's start-up
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
+from tc_keras.export import encoder_flags  # noqa: E402
 from tc_keras.export import encoder_io  # noqa: E402
 from tc_keras.export import graphs as export_lib  # noqa: E402
 
@@ -29,9 +30,8 @@ _RANDOM = flags.DEFINE_bool("random", False, "Export a freshly initialised (seed
                             "encoder instead of --checkpoint, to try the export path.")
 _OUT = flags.DEFINE_string("out", None, "Model folder, e.g. export/<name>: the SavedModel goes "
                            "to <out>/<version>/, the .tflite files next to it as <out>*.tflite.")
-_DEPTH = flags.DEFINE_enum("depth", "18", ["18", "50"], "ResNet depth for --random or a "
-                           ".weights.h5 checkpoint (default 18).")
-_SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed for --random (default 0).")
+encoder_flags.define_flags()  # --depth, --seed
+flags.adopt_module_key_flags(encoder_flags)  # listed by --help with this tool's own flags
 _VERSION = flags.DEFINE_integer("version", None, "SavedModel version folder, a positive integer "
                                 "(default: 1 + the largest existing one, 1 if none).")
 _QUANTIZE = flags.DEFINE_list(
@@ -60,11 +60,11 @@ def main(argv):
     if spec in ("random", "identity") and _CHECKPOINT.value:
         raise ValueError(f"--checkpoint {spec}: expected a workdir, .keras or .weights.h5 "
                          "(--random for an untrained encoder)")
+    kwargs = encoder_flags.encoder_kwargs(flags.FLAGS)
     if _RANDOM.value:
         print(f"warning: exporting an untrained, randomly initialised encoder (--random, seed "
-              f"{_SEED.value}): its features are not learned", file=sys.stderr)
-    encoder = encoder_io.load_encoder_model(spec, int(_DEPTH.value), _SEED.value,
-                                            flag="--checkpoint")
+              f"{kwargs['seed']}): its features are not learned", file=sys.stderr)
+    encoder = encoder_io.load_encoder_model(spec, **kwargs, flag="--checkpoint")
     written = export_lib.export(encoder, _OUT.value, _VERSION.value, quantize, _TFLITE.value,
                                 _OVERWRITE.value)
     for kind, path in written.items():

@@ -16,6 +16,15 @@ A DAVIS dataset (JPEGImages/480p/<seq>/*.jpg, first mask from Annotations/480p/<
   python tools/propagate.py --davis_root DAVIS --out results --encoder PATH [--sequences a,b]
   -> results/<seq>/<frame>.png for every frame of every sequence
 
+VIP part labels (VIP_Fine: Images/<video>/*.jpg, first frame's class ids 0..19 from
+Annotations/Category_ids/<video>/, grayscale, 255 void):
+  python tools/propagate.py --vip_root VIP_Fine --out results --encoder PATH [--sequences a,b]
+  -> results/<video>/<frame>.png (grayscale class ids) for every frame of every video
+
+The protocol: --preset paper|crw|default, and one flag per field of
+tc_keras.propagation.presets.PropagationConfig overriding the preset's value (--help lists them
+with each preset's values).
+
 Outputs are written into a hidden temporary folder beside the target and renamed into place only
 when a video is complete: a folder that exists is complete. User errors (unreadable or truncated
 video, frame folder with gaps or mixed sizes, mask of the wrong size, without an object or soft
@@ -26,7 +35,6 @@ print one line and exit with status 1. Progress: a bar on a terminal, plain line
 import collections
 import concurrent.futures
 import contextlib
-import dataclasses
 import pathlib
 import sys
 import time
@@ -38,53 +46,46 @@ import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
 from tc_keras import atomic  # noqa: E402
-from tc_keras.export import encoder_io  # noqa: E402
-from tc_keras.data import label_io  # noqa: E402
-from tc_keras.propagation import propagate as prop  # noqa: E402
-from tc_keras.propagation import presets  # noqa: E402
-from tc_keras.export import runtimes  # noqa: E402
-from tc_keras.propagation import visualize  # noqa: E402
 from tc_keras.data import davis  # noqa: E402
+from tc_keras.data import label_io  # noqa: E402
 from tc_keras.data import video as video_lib  # noqa: E402
 from tc_keras.data import video_writer  # noqa: E402
+from tc_keras.data import vip  # noqa: E402
+from tc_keras.export import encoder_flags  # noqa: E402
+from tc_keras.export import encoder_io  # noqa: E402
+from tc_keras.export import runtimes  # noqa: E402
+from tc_keras.propagation import propagate as prop  # noqa: E402
+from tc_keras.propagation import protocol_flags  # noqa: E402
+from tc_keras.propagation import visualize  # noqa: E402
 
 _VIDEO = flags.DEFINE_string("video", None, "Input video file or folder of numbered frames.")
 _LABELS = flags.DEFINE_string(
-    "labels", None, "First-frame labels for --video: a mask PNG (indexed/palette with object ids, "
-    "or 0/255 grayscale) or a keypoints JSON ({\"joints\": [[[x, y], ...], ...]} in pixels; "
-    "joints[0] used).")
+    "labels", None, "First-frame labels for --video: a mask PNG (indexed/palette with object or "
+    "part ids 0..254, e.g. VIP's 20 classes 0..19, 255 void; or grayscale: 0/255 = one object, "
+    "or up to 19 ids 1..254 besides 0) or a keypoints JSON ({\"joints\": [[[x, y], ...], ...]} "
+    "in pixels; joints[0] used).")
 _THRESHOLD = flags.DEFINE_integer(
     "threshold", None, "Binarise grayscale first-frame masks: values >= T are the object, < T "
     "background (a soft, anti-aliased mask is otherwise refused). Indexed (palette) masks keep "
     "their ids. Default: none.", lower_bound=1, upper_bound=255)
-_OUT = flags.DEFINE_string("out", None, "Output folder (--video) or results root (--davis_root).")
+_OUT = flags.DEFINE_string("out", None, "Output folder (--video) or results root (--davis_root, "
+                           "--vip_root).")
 _DAVIS_ROOT = flags.DEFINE_string("davis_root", None, "DAVIS root with JPEGImages/480p and "
                                   "Annotations/480p; propagates every sequence.")
-_SEQUENCES = flags.DEFINE_list("sequences", None, "DAVIS sequences to run (default: all).")
+_VIP_ROOT = flags.DEFINE_string(
+    "vip_root", None, "VIP root (its VIP_Fine folder) with Images/<video>/ frames and "
+    "Annotations/Category_ids/<video>/ part labels (grayscale class ids 0..19, 255 void); "
+    "propagates every video's first annotated frame, writing grayscale class ids.")
+_SEQUENCES = flags.DEFINE_list("sequences", None, "DAVIS sequences or VIP videos to run "
+                               "(default: all).")
 _ENCODER = flags.DEFINE_string(
     "encoder", None, f"Feature encoder: {encoder_io.ENCODER_CHOICES}; or an exported model "
     "(tools/export.py: SavedModel folder export/<name>[/<version>] or a .tflite file), whose "
     "embed and propagate signatures then run both the encoder and the label step.")
-_DEPTH = flags.DEFINE_enum("depth", "18", ["18", "50"], "ResNet depth for --encoder random or "
-                           ".weights.h5 files (default 18).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed for --encoder random (default 0).")
-_PRESET = flags.DEFINE_enum("preset", "default", sorted(presets.PRESETS),
-                            "Propagation protocol; the flags below override single fields.")
-# Fields of tc_keras.propagation.presets.PropagationConfig that a flag overrides (default: the preset's).
-_PROTOCOL = {
-    "size": (flags.DEFINE_integer, "Input size in px: short side, or side with --square; "
-             "0 = native resolution."),
-    "square": (flags.DEFINE_bool, "Resize frames to size x size."),
-    "context": (flags.DEFINE_integer, "Previous frames kept as context besides the first frame."),
-    "radius": (flags.DEFINE_string, "Spatial radius in feature cells for short-term frames, or "
-               "'none'."),
-    "topk": (flags.DEFINE_integer, "Top-k context positions per query."),
-    "temperature": (flags.DEFINE_float, "Softmax temperature on cosine similarities."),
-    "joint_topk": (flags.DEFINE_bool, "Top-k over all context frames jointly (else per frame)."),
-    "minmax": (flags.DEFINE_bool, "Min-max normalise labels per class after each step."),
-}
-for _name, (_define, _help) in _PROTOCOL.items():
-    _define(_name, None, f"{_help} (Default: the preset's.)")
+encoder_flags.define_flags()  # --depth, --seed
+protocol_flags.define_flags()  # --preset and one flag per PropagationConfig field
+flags.adopt_module_key_flags(encoder_flags)  # listed by --help with this tool's own flags
+flags.adopt_module_key_flags(protocol_flags)
 _OVERLAY = flags.DEFINE_bool("overlay", None, "Write overlay.mp4 (default: on for --video, off "
                              "for --davis_root).")
 _FPS = flags.DEFINE_float("fps", 12.0, "Overlay frame rate for frame folders, frames/s "
@@ -93,21 +94,6 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing outputs (de
 
 # Frames whose outputs may wait for the writer thread (bounds memory to a few frames).
 _WRITE_QUEUE = 4
-
-
-def config_from_flags():
-    """The preset with the protocol flags that were given applied on top."""
-    overrides = {name: flags.FLAGS[name].value for name in _PROTOCOL
-                 if flags.FLAGS[name].value is not None}
-    if "size" in overrides:
-        overrides["size"] = overrides["size"] or None  # 0 = native resolution
-    if "radius" in overrides:
-        radius = overrides["radius"]
-        try:
-            overrides["radius"] = None if radius.lower() == "none" else float(radius)
-        except ValueError:
-            raise ValueError(f"--radius {radius}: expected a number or 'none'") from None
-    return dataclasses.replace(presets.PRESETS[_PRESET.value], **overrides)
 
 
 def frame_names(source, count):
@@ -144,7 +130,22 @@ class Progress:
         print(f"  {self.count}/{self.total} frames, {rate:.2f} s/frame", flush=True)
 
 
-def run_video(source, labels_path, out_dir, embed, config, overlay, step=None, local_step=None):
+def read_first_mask(labels_path, parts):
+    """(ids (H, W), MaskFormat) of a first-frame mask, void pixels as background.
+
+    parts: a dataset's class-id map (VIP), read as stored (`label_io.read_ids`); otherwise a
+    user's mask (`label_io.read_mask`, with --threshold).
+    """
+    if parts:
+        ids, fmt = label_io.read_ids(labels_path)
+        return np.where(ids == vip.VOID_ID, 0, ids).astype(np.uint8), fmt
+    ids, fmt = label_io.read_mask(labels_path, _THRESHOLD.value)
+    ids, _ = label_io.split_void(ids, fmt)  # void (255 in a palette mask) = background
+    return ids, fmt
+
+
+def run_video(source, labels_path, out_dir, embed, config, overlay, step=None, local_step=None,
+              parts=False):
     """Propagates one video's first-frame labels into `out_dir` (atomically)."""
     info = video_lib.video_info(source)
     names = frame_names(source, info["frames"])
@@ -160,8 +161,7 @@ def run_video(source, labels_path, out_dir, embed, config, overlay, step=None, l
             label_io.check_keypoints(labels_path, first, size, meta.get("joint_names"))
             stream = prop.propagate_keypoints(frames, first, embed, config, step, local_step)
         else:
-            ids, fmt = label_io.read_mask(labels_path, _THRESHOLD.value)
-            ids, _ = label_io.split_void(ids, fmt)  # void (255 in a palette mask) = background
+            ids, fmt = read_first_mask(labels_path, parts)
             label_io.check_mask(labels_path, ids, size)
             stream = prop.propagate_mask(frames, ids, embed, config, step, local_step)
         fps = info["fps"] or _FPS.value
@@ -208,9 +208,11 @@ def run_video(source, labels_path, out_dir, embed, config, overlay, step=None, l
 def main(argv):
     del argv
     cli.require("out")
-    cli.exactly_one("video", "davis_root", hint=" (with --labels)")
+    given = [name for name in ("video", "davis_root", "vip_root") if flags.FLAGS[name].value]
+    if len(given) != 1:
+        raise ValueError("give one of --video (with --labels), --davis_root or --vip_root")
     cli.require("encoder", hint=f": {encoder_io.ENCODER_CHOICES}")
-    config = config_from_flags()
+    config = protocol_flags.config_from_flags(flags.FLAGS)
     if _VIDEO.value:
         if not _LABELS.value:
             raise ValueError("--video needs --labels (first-frame mask PNG or keypoints JSON)")
@@ -218,21 +220,26 @@ def main(argv):
         overlay = True if _OVERLAY.value is None else _OVERLAY.value
     else:
         jobs = []
-        root = pathlib.Path(_DAVIS_ROOT.value)
-        for seq, frames in davis.sequences(root, davis.IMAGES, _SEQUENCES.value):
+        root = pathlib.Path(_DAVIS_ROOT.value or _VIP_ROOT.value)
+        layout = ((davis.sequences, davis.IMAGES, davis.ANNOTATIONS) if _DAVIS_ROOT.value
+                  else (vip.videos, vip.IMAGES, vip.CATEGORIES))
+        listing, images, labels = layout
+        for seq, frames in listing(root, images, _SEQUENCES.value):
             first = video_lib.list_frame_files(frames)[0]
-            jobs.append((frames, root / davis.ANNOTATIONS / seq / f"{first.stem}.png",
+            jobs.append((frames, root / labels / seq / f"{first.stem}.png",
                          pathlib.Path(_OUT.value) / seq))
         overlay = bool(_OVERLAY.value)
     if runtimes.is_export(_ENCODER.value):
         runtime = runtimes.load_runtime(_ENCODER.value)
         embed, step, local_step = runtime.embed, runtime.step, runtime.local_step
     else:
-        embed = encoder_io.load_encoder(_ENCODER.value, int(_DEPTH.value), _SEED.value)
+        embed = encoder_io.load_encoder(_ENCODER.value,
+                                        **encoder_flags.encoder_kwargs(flags.FLAGS))
         step = local_step = None
     for source, labels, out in jobs:
         print(f"{source} -> {out}")
-        run_video(source, labels, out, embed, config, overlay, step, local_step)
+        run_video(source, labels, out, embed, config, overlay, step, local_step,
+                  parts=bool(_VIP_ROOT.value))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,23 @@
 """Reading and writing labels for propagation and evaluation: mask PNGs, keypoint JSON.
 
-Masks are PNG files:
-- indexed (palette, PIL mode "P"): pixel values are object ids (0 = background); the palette is
-  kept so that outputs look like the input;
+Masks are PNG files (`read_mask`):
+- indexed (palette, PIL mode "P"): pixel values are object or part ids, any of 0..254 (0 =
+  background; e.g. VIP's 20 part classes 0..19); the palette is kept so that outputs look like
+  the input;
 - 8-bit grayscale (mode "L") with values 0 and 255 only (DAVIS-2016): one object; it is read as
   id 1 and written back as 0/255 grayscale;
-- other grayscale PNGs: the values are object ids and are written back as grayscale, if they
-  look like ids: at most MAX_GRAYSCALE_IDS distinct non-zero values, none of them 255. Anything
-  else (255 beside other non-zero values, or many values) is a soft mask, anti-aliased or
-  resized with interpolation, whose edge values would each become an object: `read_mask` raises
-  LabelError naming the file and its number of distinct values, unless a `threshold` is given
-  (tools/propagate.py --threshold T): then values >= T are the one object, < T background.
+- other grayscale PNGs: the values are ids and are written back as grayscale, if they look like
+  ids: at most MAX_GRAYSCALE_IDS (19) distinct non-zero values, none of them 255. Anything
+  else (255 beside other non-zero values, or more values) is taken for a soft mask, anti-aliased
+  or resized with interpolation, whose edge values would each become an object: `read_mask`
+  raises LabelError naming the file and its number of distinct values, unless a `threshold` is
+  given (tools/propagate.py --threshold T): then values >= T are the one object, < T background.
   Indexed PNGs always keep their ids (the threshold does not apply to them).
 In indexed masks id 255 marks "void" pixels (the DAVIS convention: objects are 1..n): evaluation
 ignores them and propagation treats them as background (`split_void`).
+
+Part label maps of a dataset (VIP's Category_ids: grayscale class ids 0..19, 255 void) are read
+as they are stored, with no guess about soft masks: `read_ids`.
 
 Keypoints JSON: {"image_size": [W, H], "joint_names": [...], "joints": [[[x, y] * J] * T]} with
 x, y in pixels (0 <= x <= W, 0 <= y <= H); null or NaN for a missing joint. `check_keypoints`
@@ -34,9 +38,9 @@ from PIL import Image
 
 # Void label of indexed (palette) annotations (docs/METHOD.md, "DAVIS J and F").
 VOID_ID = 255
-# A grayscale mask with more distinct non-zero values than this is not a set of object ids
-# (DAVIS-2017 sequences have at most 10 objects).
-MAX_GRAYSCALE_IDS = 16
+# A grayscale mask with more distinct non-zero values than this is not a set of ids (VIP has 19
+# part classes besides background, docs/METHOD.md "VIP mIoU"; DAVIS-2017 at most 10 objects).
+MAX_GRAYSCALE_IDS = 19
 
 
 def _davis_palette(num_colors=256):
@@ -120,6 +124,30 @@ def read_mask(path, threshold=None):
             "binarise it with --threshold T (tools/propagate.py: values >= T are the object) or "
             "save an indexed (palette) PNG of ids")
     return ids.astype(np.uint8), MaskFormat()
+
+
+def read_ids(path):
+    """(H, W) uint8 ids and the `MaskFormat` of a PNG of class ids, values as stored.
+
+    For label maps whose values are ids by definition (a dataset's part annotations, predictions
+    written from them): an indexed PNG gives its indices (palette kept), an 8-bit grayscale PNG
+    its values (written back as grayscale). No 0/255 or soft-mask interpretation (`read_mask`).
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise LabelError(f"{path}: no such label file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            palette = im.getpalette() if mode == "P" else None
+            ids = np.asarray(im)
+    except OSError as e:
+        raise LabelError(f"{path}: not a readable image ({e})") from None
+    if mode not in ("P", "L"):
+        raise LabelError(f"{path}: a {mode} image; expected an 8-bit grayscale or indexed "
+                         "(palette) PNG of class ids")
+    return ids.astype(np.uint8), MaskFormat(palette=tuple(palette) if palette else None)
 
 
 def _some(values, n=6):

@@ -61,7 +61,9 @@ def list_frame_files(folder):
     """Sorted frame files of a folder; checks numbering gaps and that all frames share one size.
 
     Files whose names end in a number (00000.jpg, img_12.png) are ordered by that number, which must
-    increase by one from file to file. Otherwise names are sorted as strings.
+    increase by one constant step from file to file: 1 for every frame of a video, or e.g. 25
+    for a folder that keeps one frame in 25 (VIP_Fine's annotated frames); any other difference
+    is a gap. Otherwise names are sorted as strings.
     Raises VideoError naming the folder and the offending file.
     """
     folder = pathlib.Path(folder)
@@ -72,10 +74,11 @@ def list_frame_files(folder):
     if all(numbers):
         pairs = sorted(zip((int(m.group(1)) for m in numbers), files))
         files = [p for _, p in pairs]
+        step = pairs[1][0] - pairs[0][0] if len(pairs) > 1 else 1
         for (prev, prev_path), (num, path) in zip(pairs, pairs[1:]):
-            if num != prev + 1:
+            if num != prev + max(step, 1):
                 what = "duplicate frame number" if num == prev else f"gap in frame numbering " \
-                    f"(expected {prev + 1} after {prev_path.name})"
+                    f"(expected {prev + max(step, 1)} after {prev_path.name})"
                 raise VideoError(f"{folder}: {what} at {path.name}")
     else:
         files.sort()
@@ -92,6 +95,12 @@ def list_frame_files(folder):
             raise VideoError(f"{folder}: frame {path.name} is {this[0]}x{this[1]} but "
                              f"{first.name} is {size[0]}x{size[1]}; all frames must share one size")
     return files
+
+
+def _frame_step(files):
+    """Number difference of the first two `list_frame_files` files (1 when unnumbered)."""
+    numbers = [_FRAME_NUMBER.search(p.stem) for p in files[:2]]
+    return int(numbers[1].group(1)) - int(numbers[0].group(1)) if all(numbers) else 1
 
 
 def _iter_folder(folder, files, height):
@@ -286,12 +295,16 @@ def iter_frames(path, fps=None, height=None, folder_fps=None):
     if height is not None and height < 2:
         raise VideoError(f"{path}: height must be at least 2 pixels, got {height}")
     if path.is_dir():
-        frames = _iter_folder(path, list_frame_files(path), height)
+        files = list_frame_files(path)
+        frames = _iter_folder(path, files, height)
         if fps is None:
             return frames
         if folder_fps is None or folder_fps <= 0:
             raise VideoError(f"{path}: a frame folder has no timestamps; resampling to {fps} fps "
                              "needs its frame rate (folder_fps)")
+        if len(files) > 1 and _frame_step(files) != 1:
+            raise VideoError(f"{path}: frames numbered in steps of {_frame_step(files)}; "
+                             "resampling to a frame rate needs consecutive frames")
         return _resample(((i / folder_fps, f) for i, f in enumerate(frames)), fps, folder_fps)
     container, _ = _open(path)  # fail early on missing / empty / non-video files
     container.close()

@@ -14,8 +14,13 @@ import tensorflow as tf
 
 from tc_keras import atomic
 from tc_keras import ops as tops
+from tc_keras.model.encoder import FEATURE_STRIDE
 
 ENCODER_FILE = "encoder.keras"
+# ResNet depths of a random encoder or a .weights.h5 file, the default one, and the default seed.
+DEPTHS = (18, 50)
+DEFAULT_DEPTH = 18
+DEFAULT_SEED = 0
 # Beside it in a training workdir or a converted release: the settings that made it (JSON).
 CONFIG_FILE = "config.json"
 
@@ -27,32 +32,61 @@ def save_encoder(encoder, path):
         wrapper.save(tmp)
 
 
+def min_frame_side(encoder):
+    """The smallest frame height and width, in px, that `encoder` (a model or layer) takes.
+
+    One feature stride (8 px: one feature cell) for zero and "same" padding. Reflect padding
+    (the CRW release's) pads a 3x3 convolution by 1 on each side, which needs at least 2 cells
+    at stride 8: 9 px.
+    """
+    pending, reflect = [encoder], False
+    while pending:
+        layer = pending.pop()
+        reflect |= getattr(layer, "padding", None) == "reflect"
+        pending += list(getattr(layer, "layers", []))
+    return FEATURE_STRIDE + 1 if reflect else FEATURE_STRIDE
+
+
+def check_frame_size(height, width, min_side):
+    """Raises ValueError unless frames of height x width px have both sides >= `min_side`."""
+    if min(height, width) < min_side:
+        raise ValueError(f"embed: frames are {height}x{width} (HxW); this encoder needs at "
+                         f"least {min_side} px per side")
+
+
 def make_embed(encoder):
-    """embed(frames_uint8 (B, H, W, 3)) -> (B, H/8, W/8, C) from an encoder on normalised frames.
+    """embed(frames_uint8 (B, H, W, 3)) -> (B, ceil(H/8), ceil(W/8), C) from an encoder on
+    normalised frames; any H, W of at least `min_frame_side(encoder)` px.
 
     Compiled (a tf.function, traced once per frame size): a video's frames all run one graph.
     """
+    min_side = min_frame_side(encoder)
+
     @tf.function(reduce_retracing=True)
-    def embed(frames):
+    def compiled(frames):
         return encoder(tops.normalize_frames(frames), training=False)
+
+    def embed(frames):
+        check_frame_size(frames.shape[1], frames.shape[2], min_side)
+        return compiled(frames)
     return embed
 
 
 ENCODER_CHOICES = "identity, random, or a path to a .weights.h5 / .keras file or a folder of them"
 
 
-def load_encoder(spec, depth=18, seed=0):
+def load_encoder(spec, depth=DEFAULT_DEPTH, seed=DEFAULT_SEED):
     """An `embed` callable for propagation from a command-line encoder spec.
 
     See `load_encoder_model` for `spec`, `depth` and `seed`.
     Returns:
-      None ("identity") or embed(frames_uint8 (B, H, W, 3)) -> (B, H/8, W/8, C).
+      None ("identity") or embed(frames_uint8 (B, H, W, 3)) -> (B, ceil(H/8), ceil(W/8), C).
     """
     encoder = load_encoder_model(spec, depth, seed)
     return None if encoder is None else make_embed(encoder)
 
 
-def load_encoder_model(spec, depth=18, seed=0, flag="--encoder"):
+def load_encoder_model(spec, depth=DEFAULT_DEPTH, seed=DEFAULT_SEED, flag="--encoder"):
     """The encoder model named by a command-line spec (the one checkpoint loader of the project).
 
     Args:
@@ -67,7 +101,7 @@ def load_encoder_model(spec, depth=18, seed=0, flag="--encoder"):
       flag: the command-line flag that gave `spec`, named in error messages.
     Returns:
       None ("identity") or a keras model mapping ImageNet-normalised float frames (B, H, W, 3)
-      to L2-normalised features (B, H/8, W/8, C).
+      to L2-normalised features (B, ceil(H/8), ceil(W/8), C).
     Raises:
       ValueError naming `spec` when it cannot be loaded.
     """

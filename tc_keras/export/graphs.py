@@ -9,8 +9,10 @@ Layout written by `export` (TF Serving's: a model folder holding integer version
 
 Signatures (every input required; SavedModel signatures cannot give inputs defaults):
 
-- `embed` (also `serving_default`): frames uint8 (B, H, W, 3) in [0, 255], H and W multiples of 8
-  -> features float32 (B, H/8, W/8, C) L2-normalised (ImageNet normalisation inside the graph).
+- `embed` (also `serving_default`): frames uint8 (B, H, W, 3) in [0, 255], H and W at least 8 px
+  (9 for a reflect-padded encoder: `encoder_io.min_frame_side`), any size, e.g. DAVIS' 854x480
+  -> features float32 (B, ceil(H/8), ceil(W/8), C) L2-normalised (ImageNet normalisation inside
+  the graph).
 - `propagate`: the label step `tc_keras.propagation.label_step.vote` with joint top-k (the default/crw
   protocol), the very function `Propagator` calls on the Keras path:
     context_feats float32 (M, N, C), context_labels float32 (M, N, K), queries float32 (Q, C),
@@ -51,7 +53,7 @@ import tensorflow as tf
 
 from tc_keras import atomic
 from tc_keras import ops as tops
-from tc_keras.model.encoder import FEATURE_STRIDE
+from tc_keras.export.encoder_io import min_frame_side
 from tc_keras.propagation.label_step import vote, vote_local
 
 LOCAL_SIGNATURES = ("propagate_local", "propagate_local_per_frame")
@@ -97,7 +99,7 @@ def build_archive(encoder):
     """
     archive = keras.export.ExportArchive()
     archive.track(encoder)  # keeps the variables tracked (a bare tf.Module would not)
-    stride = FEATURE_STRIDE
+    min_side = min_frame_side(encoder)
 
     def embed(frames):
         shape = tf.shape(frames)
@@ -106,9 +108,9 @@ def build_archive(encoder):
         checks = [
             tf.debugging.assert_equal(shape[3], 3, message="embed: frames must be uint8 "
                                       "(B, H, W, 3) RGB; got channels ="),
-            tf.debugging.assert_equal(shape[1:3] % stride, 0, message="embed: frames height and "
-                                      f"width must be multiples of {stride} (the feature "
-                                      "stride); got (H, W) mod 8 ="),
+            tf.debugging.assert_greater_equal(
+                shape[1:3], min_side, message=f"embed: frames height and width must be at least "
+                f"{min_side} px for this encoder; got (H, W) ="),
         ]
         with tf.control_dependencies(checks):
             x = tops.normalize_frames(frames)

@@ -39,15 +39,23 @@ def is_export(spec):
 
 
 def _check_frames(frames):
+    """uint8 (B, H, W, 3) frames with H, W >= 8 px (one feature cell); any size above that."""
     frames = np.asarray(frames)
     s = FEATURE_STRIDE
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"embed: frames must be uint8 (B, H, W, 3), got {frames.dtype} "
                          f"{frames.shape}")
-    if frames.shape[1] % s or frames.shape[2] % s:
-        raise ValueError(f"embed: frames height and width must be multiples of {s}, got "
+    if min(frames.shape[1:3]) < s:
+        raise ValueError(f"embed: frames height and width must be at least {s} px, got "
                          f"{frames.shape[1]}x{frames.shape[2]}")
     return frames
+
+
+def _error_line(error, size, path):
+    """One line for an embed graph's error on (H, W) frames: its size check's message if there."""
+    lines = str(getattr(error, "message", error)).splitlines()
+    reason = next((ln.strip() for ln in lines if "embed: frames" in ln), lines[0] if lines else "")
+    return f"embed: {path} cannot embed {size[0]}x{size[1]} (HxW) frames ({reason})"
 
 
 def _local_step_inputs(long_feats, long_labels, short_feats, short_labels, queries, key_index,
@@ -79,7 +87,8 @@ class SavedModelRuntime:
     Args:
       path: a SavedModel folder or a TF Serving model folder (newest version used).
     Attributes:
-      embed(frames uint8 (B, H, W, 3)) -> (B, H/8, W/8, C) numpy.
+      embed(frames uint8 (B, H, W, 3)) -> (B, ceil(H/8), ceil(W/8), C) numpy; the graph
+        checks the encoder's smallest size (9 px for reflect padding).
       step: `vote`'s interface through the `propagate` / `propagate_per_frame` signature.
       local_step: `vote_local`'s interface through `propagate_local` /
         `propagate_local_per_frame`; None for an export without them.
@@ -100,7 +109,10 @@ class SavedModelRuntime:
 
     def embed(self, frames):
         frames = _check_frames(frames)
-        out = self._loaded.signatures["embed"](frames=tf.constant(frames))
+        try:
+            out = self._loaded.signatures["embed"](frames=tf.constant(frames))
+        except tf.errors.InvalidArgumentError as e:  # the graph's size check (graphs.py)
+            raise ValueError(_error_line(e, frames.shape[1:3], self.path)) from None
         return out["features"].numpy()
 
     def step(self, context_feats, context_labels, queries, allowed=None, short_term=None, *,
@@ -121,8 +133,9 @@ class SavedModelRuntime:
 class TFLiteRuntime:
     """Runs an exported .tflite's signatures with ai-edge-litert (inputs resized per call).
 
-    The `embed` graph in TFLite does not check that H and W are multiples of 8 (the converter
-    drops asserts); `embed` here checks it in Python.
+    The `embed` graph in TFLite does not check the frame size (the converter drops asserts);
+    `embed` here checks H, W >= 8 in Python, and an encoder that needs more (reflect padding:
+    9 px) fails in the interpreter, reported as a ValueError naming the size.
     """
 
     def __init__(self, path, num_threads=None):
@@ -149,7 +162,11 @@ class TFLiteRuntime:
             self.local_step = None
 
     def embed(self, frames):
-        return self._runners["embed"](frames=_check_frames(frames))["features"]
+        frames = _check_frames(frames)
+        try:
+            return self._runners["embed"](frames=frames)["features"]
+        except RuntimeError as e:
+            raise ValueError(_error_line(e, frames.shape[1:3], self.path)) from None
 
     def step(self, context_feats, context_labels, queries, allowed=None, short_term=None, *,
              topk, temperature, joint_topk=True):

@@ -94,7 +94,7 @@ class GraphContext(tf.Module):
         self.step = tf.function(step, input_signature=[tf.TensorSpec((n, channels), tf.float32)])
 
     def _local(self, height, width, n, short, channels, kwargs):
-        tiles = local_tiles(height, width, self.config.radius)
+        tiles = local_tiles(height, width, self.config.radius, strict=self.config.strict_radius)
         chunk = local_chunk(tiles, n, short, channels)
         query_index = tf.constant(tiles.query_index)
         key_index = tf.constant(tiles.key_index)
@@ -151,10 +151,10 @@ class NumpyContext:
         self.step_fn, self.local_step = step, local_step
         self.tiles = self.allowed = None
         if config.radius is not None and short and local_step is not None:
-            self.tiles = local_tiles(height, width, config.radius)
+            self.tiles = local_tiles(height, width, config.radius, strict=config.strict_radius)
             self.chunk = local_chunk(self.tiles, n, short, channels)
         elif config.radius is not None and short:
-            self.allowed = radius_mask(height, width, config.radius)
+            self.allowed = radius_mask(height, width, config.radius, config.strict_radius)
 
     def step(self, query):
         """Labels (N, K) of a query frame (N, C); the frame then enters the ring."""

@@ -14,11 +14,13 @@ Three layers, so that each can be reused or exported on its own:
   context (first frame + N previous; `tc_keras.propagation.context`, as graph state with a compiled step on
   the Keras path) in fixed-size buffers, so memory does not grow with the length of the video,
   and feeds its own soft predictions back as context (recurrent).
-- `propagate_mask` / `propagate_keypoints`: label encodings (one-hot masks with object ids,
-  Gaussian keypoint heatmaps) and their decoding at frame resolution.
+- `propagate_mask` / `propagate_keypoints`: label encodings (one-hot masks with object ids:
+  `tc_keras.propagation.label_maps`; Gaussian keypoint heatmaps) and their decoding at frame
+  resolution.
 
-Shape legend: B batch, M context frames, H W frame size, h w feature size (stride 8), N = h*w,
-Q query positions, C channels, K label channels, J joints.
+Shape legend: B batch, M context frames, H W frame size, h w feature size (stride 8, ceil(H/8) x
+ceil(W/8) of the model input size), N = h*w, Q query positions, C channels, K label channels,
+J joints.
 """
 
 import numpy as np
@@ -26,9 +28,9 @@ import tensorflow as tf
 from keras import ops
 
 from tc_keras.propagation.context import GraphContext, NumpyContext
-from tc_keras.model.encoder import FEATURE_STRIDE
+from tc_keras.propagation.label_maps import label_map, mask_labels
 from tc_keras.propagation.label_step import vote
-from tc_keras.propagation.presets import PRESETS, model_size
+from tc_keras.propagation.presets import PRESETS, feature_size, model_size
 
 # Keypoint heatmaps: Gaussian sigma in feature cells, and the number of top locations whose
 # weighted mean gives the keypoint back (docs/METHOD.md, "Label propagation").
@@ -41,17 +43,18 @@ KEYPOINT_TOPK = 3
 # ----------------------------------------------------------------------------------------------
 
 @tf.function(reduce_retracing=True)
-def _resize(frame, height, width):
-    """uint8 (H, W, 3) -> uint8 (height, width, 3), bilinear, antialiased when shrinking."""
-    x = tf.image.resize(tf.cast(frame[None], tf.float32), (height, width), antialias=True)
+def _resize(frame, height, width, antialias):
+    """uint8 (H, W, 3) -> uint8 (height, width, 3), bilinear (antialiased when shrinking)."""
+    x = tf.image.resize(tf.cast(frame[None], tf.float32), (height, width), antialias=antialias)
     return tf.cast(tf.clip_by_value(tf.round(x[0]), 0.0, 255.0), tf.uint8)
 
 
-def resize_frame(frame, height, width):
-    """uint8 (H, W, 3) -> uint8 (height, width, 3), bilinear with antialiasing when shrinking."""
+def resize_frame(frame, height, width, antialias=True):
+    """uint8 (H, W, 3) -> uint8 (height, width, 3), bilinear; `antialias` low-pass filters when
+    shrinking (False: OpenCV's default resize, half-pixel centres and no filter)."""
     if tuple(frame.shape[:2]) == (height, width):
         return frame
-    return _resize(frame, height, width)
+    return _resize(frame, height, width, bool(antialias))
 
 
 class Propagator:
@@ -59,8 +62,8 @@ class Propagator:
 
     Args:
       embed: callable, uint8 frames (B, H', W', 3) at the model size -> (B, h, w, C) L2-normalised
-        features, h = H'/8, w = W'/8 (a tf.function, e.g. `encoder_io.make_embed`, keeps the
-        frames in TensorFlow; any callable returning arrays works).
+        features, h = ceil(H'/8), w = ceil(W'/8) (a tf.function, e.g. `encoder_io.make_embed`,
+        keeps the frames in TensorFlow; any callable returning arrays works).
       config: a `PropagationConfig`.
       step: the dense label step, a callable with the interface of `label_step.vote` returning
         (Q, K), run on NumPy buffers (`context.NumpyContext`). Used without a radius (or without
@@ -72,7 +75,9 @@ class Propagator:
         state (`context.GraphContext`): the fast path.
 
     Only the first frame and the `config.context` most recent frames (features and labels) are
-    kept, in fixed-size buffers: memory does not grow with the video length.
+    kept, in fixed-size buffers: memory does not grow with the video length. With
+    `config.predict_first`, frame 0 is first predicted from that context (copies of itself) and
+    enters it with its prediction, before frame 1 (the reference code's start).
     """
 
     def __init__(self, embed, config=PRESETS["default"], step=None, local_step=None):
@@ -82,17 +87,16 @@ class Propagator:
         self.local_step = local_step
 
     def feature_size(self, height, width):
-        mh, mw = model_size(height, width, self.config)
-        return mh // FEATURE_STRIDE, mw // FEATURE_STRIDE
+        return feature_size(height, width, self.config)
 
     def _features(self, frame):
         """(N, C) features of a uint8 (H, W, 3) frame at the model size (a tensor or an array)."""
         mh, mw = model_size(frame.shape[0], frame.shape[1], self.config)
-        feats = self.embed(resize_frame(frame, mh, mw)[None])
-        expected = (1, mh // FEATURE_STRIDE, mw // FEATURE_STRIDE)
+        feats = self.embed(resize_frame(frame, mh, mw, self.config.antialias)[None])
+        expected = (1, *self.feature_size(frame.shape[0], frame.shape[1]))
         if tuple(feats.shape[:3]) != expected:
             raise ValueError(f"embed returned features {tuple(feats.shape[1:3])} for a {mh}x{mw} "
-                             f"frame; expected {expected[1:]} (stride {FEATURE_STRIDE})")
+                             f"(HxW) frame; expected {expected[1:]} (ceil(side / 8))")
         # (1, h, w, C) -> (N, C) float32 (an embed may return float64 arrays, bfloat16 tensors)
         return ops.cast(ops.reshape(feats, (expected[1] * expected[2], -1)), "float32")
 
@@ -120,6 +124,9 @@ class Propagator:
         else:
             context = NumpyContext(feats0, labels0, h, w, self.config, self.step or vote,
                                    self.local_step)
+        if self.config.predict_first:
+            # Frame 0 from copies of itself, fed back (docs/METHOD.md, "Reference protocol").
+            context.step(feats0)
         yield first, first_labels
         for t, frame in enumerate(it, start=1):
             if frame.shape != first.shape:
@@ -152,10 +159,11 @@ def propagate_mask(frames, first_mask, embed, config=PRESETS["default"], step=No
       frames: iterable of uint8 (H, W, 3) frames.
       first_mask: (H, W) integer object ids of the first frame (0 = background).
       embed: see `Propagator`; None gives the "identity" baseline (copy the first mask).
-      config: a `PropagationConfig`.
+      config: a `PropagationConfig` (its labels in and out: `label_maps`).
       step, local_step: the label steps (see `Propagator`); None = `vote` / `vote_local` (Keras).
     Yields:
-      (frame, (H, W) mask with the ids of `first_mask`) for every frame, the first included.
+      (frame, (H, W) mask with the ids of `first_mask`) for every frame, the first included (as
+      given); objects dropped by `config.min_label_pixels` do not appear after it.
     """
     first, rest = _peek(frames)
     first_mask = np.asarray(first_mask)
@@ -170,24 +178,13 @@ def propagate_mask(frames, first_mask, embed, config=PRESETS["default"], step=No
         for frame in _same_size(first, rest):
             yield frame, first_mask
         return
-    ids = np.union1d(ids, [0]).astype(first_mask.dtype)
-    onehot = (first_mask[..., None] == ids).astype(np.float32)  # (H, W, K)
+    ids, labels0 = mask_labels(first_mask, config)
     prop = Propagator(embed, config, step, local_step)
-    h, w = prop.feature_size(*first.shape[:2])
-    labels0 = ops.convert_to_numpy(ops.image.resize(onehot[None], (h, w), interpolation="area"))[0]
-    height, width = first_mask.shape
     stream = prop.run(_chain(first, rest), labels0)
     next(stream)
     yield first, first_mask
     for frame, soft in stream:
-        yield frame, ids[_label_map(soft, height, width).numpy()]
-
-
-@tf.function(reduce_retracing=True)
-def _label_map(soft, height, width):
-    """(h, w, K) soft labels -> (height, width) channel of the largest after bilinear upsampling."""
-    up = tf.image.resize(soft[None], (height, width), method="bilinear")[0]
-    return tf.argmax(up, axis=-1, output_type=tf.int32)
+        yield frame, ids[label_map(soft, first_mask.shape, config)]
 
 
 def _chain(first, rest):

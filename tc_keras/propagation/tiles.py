@@ -25,21 +25,24 @@ TILE_SIDES = (4, 6, 8, 10, 12, 16, 24, 32)
 TILE_GATHER_COST = 100
 
 
-def _within(query_yx, key_yx, radius):
-    """Bool (..., Q, R): key within `radius` of query, from (..., Q, 2) and (..., R, 2) cells."""
+def _within(query_yx, key_yx, radius, strict=False):
+    """Bool (..., Q, R): key within `radius` of query, from (..., Q, 2) and (..., R, 2) cells;
+    distance <= radius, or < radius when `strict` (docs/METHOD.md, "CRW protocol")."""
     d2 = np.sum((query_yx[..., :, None, :].astype(np.float32)
                  - key_yx[..., None, :, :].astype(np.float32)) ** 2, -1)
-    return d2 <= float(radius) ** 2
+    # Squared distances between cells are integers, exact in float32.
+    return d2 < float(radius) ** 2 if strict else d2 <= float(radius) ** 2
 
 
-def radius_mask(height, width, radius):
-    """(N, N) bool: key position within `radius` feature cells of the query position (Euclidean).
+def radius_mask(height, width, radius, strict=False):
+    """(N, N) bool: key position within `radius` feature cells of the query position (Euclidean;
+    distance <= radius, or < radius when `strict`).
 
     Rows are query positions, columns key positions, both row-major (y * width + x).
     """
     ys, xs = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
     pos = np.stack([ys.ravel(), xs.ravel()], -1)  # (N, 2)
-    return _within(pos, pos, radius)
+    return _within(pos, pos, radius, strict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,14 +94,14 @@ def choose_tile(height, width, radius):
     return best[1]
 
 
-def local_tiles(height, width, radius, tile=None):
+def local_tiles(height, width, radius, tile=None, strict=False):
     """`LocalTiles` for an h x w feature map, a radius in feature cells and a (ty, tx) tile.
 
     A tile's key region is (ty + 2r) x (tx + 2r) positions (r = floor(radius)), or the whole
     height/width where the map is smaller, shifted inside the map at its borders: one size for
     all tiles, and it holds every key within the radius of any query of the tile. Regions are
     padded to a multiple of TOPK_BLOCK slots (key index -1, never allowed). `tile` None:
-    `choose_tile`.
+    `choose_tile`. `strict`: keys strictly inside the radius (see `radius_mask`).
     """
     tile = choose_tile(height, width, radius) if tile is None else tile
     ty, tx = min(tile[0], height), min(tile[1], width)
@@ -119,7 +122,7 @@ def local_tiles(height, width, radius, tile=None):
     query_index = np.stack(query_index).astype(np.int32)  # (T, P)
     # A position repeated as padding takes the output of its first (real) occurrence.
     _, slot = np.unique(query_index.ravel(), return_index=True)  # (N,), positions in order
-    allowed = _within(np.stack(query_yx), np.stack(key_yx), radius)  # (T, P, ry*rx)
+    allowed = _within(np.stack(query_yx), np.stack(key_yx), radius, strict)  # (T, P, ry*rx)
     allowed = np.pad(allowed, [(0, 0), (0, 0), (0, pad)])  # padding slots: never allowed
     return LocalTiles(query_index=query_index,
                       key_index=np.stack(key_index).astype(np.int32),
