@@ -114,9 +114,9 @@ def main(argv):
     subprocess.run([sys.executable, str(pathlib.Path(__file__).with_name("train_step.py")),
                     f"--encoders=resnet{_DEPTH.value}", f"--batch_size={_BATCH.value}",
                     f"--crop_size={_CROP.value}", "--num_past=4", f"--steps={_STEPS.value}",
-                    "--precisions=float32", "--profile_steps=0", f"--json={step_json}"],
-                   check=True)
-    step = json.loads(step_json.read_text())["steps"][f"resnet{_DEPTH.value} float32"]
+                    "--precisions=float32", "--bn_groups=separate", "--profile_steps=0",
+                    f"--json={step_json}"], check=True)
+    step = json.loads(step_json.read_text())["steps"][f"resnet{_DEPTH.value} float32 separate"]
     figures[f"train step clips/s (ResNet-{_DEPTH.value}, same settings)"] = 1.0 / step["seconds_per_clip"]
     figures["pipeline / train step (>= 2: training never waits for data)"] = (
         figures["pipeline clips/s"] * step["seconds_per_clip"])

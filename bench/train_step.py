@@ -1,19 +1,24 @@
-"""Train-step speed: s/clip in float32 and bfloat16 for ResNet-18 and ResNet-50, the achieved share of
-the matmul FLOP/s, and where the time goes.
+"""Train-step speed: s/clip in float32 and bfloat16 for ResNet-18 and ResNet-50, with the reference
+code's BatchNorm batches and the joint one, the achieved share of the matmul FLOP/s, and where the
+time goes.
 
-    python bench/train_step.py                       # batch 2, 240 px, 4 past frames (~6 minutes)
+    python bench/train_step.py                       # batch 2, 240 px, 4 past frames (~12 minutes)
     python bench/train_step.py --encoders resnet18 --precisions float32 --steps 2
 
 For each encoder and precision (`mixed_bfloat16`: bfloat16 encoder, float32 tracker, as
-`--mixed_precision`): builds TimeCycle, runs 2 warm-up steps (tracing), then times `--steps` steps
-of the compiled `train_step` on a fixed random batch (data loading excluded). FLOPs of one step
-(forward, backward, update) are counted by TensorFlow's profiler on the traced step. The achieved
-FLOP/s are divided by the FLOP/s of a float32 4096^2 matmul measured in the same run by
-TensorFlow and, when torch is installed (the test extra), by PyTorch (2 threads, in a child
-process: the two runtimes' thread pools are not mixed). Issue 15's target: the ResNet-50 float32
-step at >= 0.86 of PyTorch's matmul FLOP/s (the official PyTorch code's step ran at 0.69 of it; 0.86
-is 0.8x its time per clip). Then a TensorFlow profile of `--profile_steps` ResNet-50 float32 steps:
-the ops that take the most time. Figures only; no asserts.
+`--mixed_precision`): builds one TimeCycle per `--bn_groups` value (`separate`, the reference
+code's three encoder batches, and `joint`, past and target frames as one; see TimeCycle), runs 2
+warm-up steps of each (tracing), then times `--steps` rounds of the compiled `train_step` on a
+fixed random batch (data loading excluded), one step of each grouping per round (in turn first)
+after one untimed round, so that a busy machine slows both alike: their ratio is the steadier
+figure.
+FLOPs of one step (forward, backward, update) are counted by TensorFlow's profiler on the traced
+step. The achieved FLOP/s are divided by the FLOP/s of a float32 4096^2 matmul measured in the
+same run by TensorFlow and, when torch is installed (the test extra), by PyTorch (2 threads, in a
+child process: the two runtimes' thread pools are not mixed). Issue 15's target: the ResNet-50
+float32 step (reference BatchNorm batches) at >= 0.86 of PyTorch's matmul FLOP/s (the official
+PyTorch code's step ran at 0.69 of it; 0.86 is 0.8x its time per clip). Then a TensorFlow profile of `--profile_steps` ResNet-50 float32 steps
+(the default grouping): the ops that take the most time. Figures only; no asserts.
 """
 
 import collections
@@ -31,10 +36,12 @@ from absl import app, flags  # noqa: E402
 
 flags.DEFINE_list("encoders", ["resnet18", "resnet50"], "Encoders to time.")
 flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Keras dtype policies to time.")
+flags.DEFINE_list("bn_groups", ["separate", "joint"], "TimeCycle bn_groups values to time "
+                  "(interleaved).")
 flags.DEFINE_integer("batch_size", 2, "Clips per step.")
 flags.DEFINE_integer("crop_size", 240, "Crop size (px).")
 flags.DEFINE_integer("num_past", 4, "Past frames per clip.")
-flags.DEFINE_integer("steps", 3, "Timed steps (after 2 warm-up steps).")
+flags.DEFINE_integer("steps", 3, "Timed steps of each grouping (after 2 warm-up steps).")
 flags.DEFINE_integer("profile_steps", 2, "ResNet-50 float32 steps profiled for the op table "
                      "(0 = no profile).")
 flags.DEFINE_integer("top_ops", 15, "Rows of the op table.")
@@ -79,7 +86,7 @@ def step_flops(model, batch):
     return tf.compat.v1.profiler.profile(graph, options=opts).total_float_ops
 
 
-def build(depth, precision, batch_size, crop_size, num_past):
+def build(depth, precision, batch_size, crop_size, num_past, bn_groups="separate"):
     import keras
     import tensorflow as tf
 
@@ -87,29 +94,42 @@ def build(depth, precision, batch_size, crop_size, num_past):
 
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(0)
-    model = TimeCycle(depth=depth, num_past=num_past, crop_size=crop_size)
+    model = TimeCycle(depth=depth, num_past=num_past, crop_size=crop_size, bn_groups=bn_groups)
     model.build_from_crop()
     model.compile()
     batch = random_batch(batch_size, crop_size, num_past)
     return model, batch, {k: tf.constant(v) for k, v in batch.items()}
 
 
-def time_train_step(depth, precision="float32", batch_size=2, crop_size=240, num_past=4, steps=3):
-    """dict(seconds_per_step, seconds_per_clip, flops_per_step) for one encoder and policy."""
+def time_train_steps(depth, precision="float32", batch_size=2, crop_size=240, num_past=4,
+                     steps=3, bn_groups=("separate", "joint")):
+    """{grouping: dict(seconds_per_step, seconds_per_clip, flops_per_step, loss)} for one encoder
+    and policy; the groupings' steps are timed in turn, one of each per round."""
     import tensorflow as tf
 
-    model, batch, tensors = build(depth, precision, batch_size, crop_size, num_past)
-    step = tf.function(model.train_step)
-    for _ in range(2):
-        logs = step(tensors)
-    float(logs["loss"])
-    start = time.perf_counter()
-    for _ in range(steps):
-        logs = step(tensors)
-    float(logs["loss"])
-    seconds = (time.perf_counter() - start) / steps
-    return dict(seconds_per_step=seconds, seconds_per_clip=seconds / batch_size,
-                flops_per_step=step_flops(model, batch), loss=float(logs["loss"]))
+    runs = {}
+    for groups in bn_groups:
+        model, batch, tensors = build(depth, precision, batch_size, crop_size, num_past, groups)
+        step = tf.function(model.train_step)
+        for _ in range(2):
+            logs = step(tensors)
+        float(logs["loss"])
+        runs[groups] = (model, batch, tensors, step)
+    seconds, loss = dict.fromkeys(runs, 0.0), {}
+    # One round more, untimed: the first step of a model after another model's warm-up is slower
+    # (seen: 4x for ResNet-18 on CPU).
+    for round_ in range(steps + 1):
+        order = list(runs.items())
+        for groups, (_, _, tensors, step) in order if round_ % 2 else order[::-1]:
+            start = time.perf_counter()
+            loss[groups] = float(step(tensors)["loss"])
+            seconds[groups] += (time.perf_counter() - start) * (round_ > 0)
+    out = {}
+    for groups, (model, batch, _, _) in runs.items():
+        per_step = seconds[groups] / steps
+        out[groups] = dict(seconds_per_step=per_step, seconds_per_clip=per_step / batch_size,
+                           flops_per_step=step_flops(model, batch), loss=loss[groups])
+    return out
 
 
 def op_table(depth, steps, batch_size, crop_size, num_past, rows):
@@ -183,24 +203,32 @@ def main(argv):
           f"{f.batch_size} clips, {f.num_past} past frames, {f.crop_size} px crop")
     print(f"  float32 {f.matmul_size}^2 matmul: TensorFlow {peak / 1e9:.1f} GFLOP/s, PyTorch "
           + ("not installed" if torch_peak is None else f"{torch_peak / 1e9:.1f} GFLOP/s"))
-    print(f"  {'encoder':<10} {'policy':<15} {'s/step':>7} {'s/clip':>7} {'GFLOP/step':>11} "
-          f"{'GFLOP/s':>8} {'/TF mm':>7} {'/torch mm':>10}")
-    results = dict(tf_matmul=peak, torch_matmul=torch_peak, steps={})
+    print(f"  {'encoder':<10} {'policy':<15} {'BN batches':<10} {'s/step':>7} {'s/clip':>7} "
+          f"{'GFLOP/step':>11} {'GFLOP/s':>8} {'/TF mm':>7} {'/torch mm':>10}")
+    results = dict(tf_matmul=peak, torch_matmul=torch_peak, steps={}, separate_over_joint={})
     for name in f.encoders:
         for precision in f.precisions:
-            r = time_train_step(int(name.replace("resnet", "")), precision, f.batch_size,
-                                f.crop_size, f.num_past, f.steps)
-            achieved = r["flops_per_step"] / r["seconds_per_step"]
-            r.update(achieved=achieved, of_tf_matmul=achieved / peak,
-                     of_torch_matmul=None if torch_peak is None else achieved / torch_peak)
-            results["steps"][f"{name} {precision}"] = r
-            torch_ratio = "-" if torch_peak is None else f"{achieved / torch_peak:.2f}"
-            print(f"  {name:<10} {precision:<15} {r['seconds_per_step']:7.2f} "
-                  f"{r['seconds_per_clip']:7.2f} {r['flops_per_step'] / 1e9:11.1f} "
-                  f"{achieved / 1e9:8.1f} {achieved / peak:7.2f} {torch_ratio:>10}", flush=True)
-    if torch_peak is not None and "resnet50 float32" in results["steps"]:
-        ratio = results["steps"]["resnet50 float32"]["of_torch_matmul"]
-        print(f"  target (issue 15): ResNet-50 float32 at >= 0.86 of PyTorch's matmul: {ratio:.2f}")
+            runs = time_train_steps(int(name.replace("resnet", "")), precision, f.batch_size,
+                                    f.crop_size, f.num_past, f.steps, f.bn_groups)
+            for groups, r in runs.items():
+                achieved = r["flops_per_step"] / r["seconds_per_step"]
+                r.update(achieved=achieved, of_tf_matmul=achieved / peak,
+                         of_torch_matmul=None if torch_peak is None else achieved / torch_peak)
+                results["steps"][f"{name} {precision} {groups}"] = r
+                torch_ratio = "-" if torch_peak is None else f"{achieved / torch_peak:.2f}"
+                print(f"  {name:<10} {precision:<15} {groups:<10} {r['seconds_per_step']:7.2f} "
+                      f"{r['seconds_per_clip']:7.2f} {r['flops_per_step'] / 1e9:11.1f} "
+                      f"{achieved / 1e9:8.1f} {achieved / peak:7.2f} {torch_ratio:>10}",
+                      flush=True)
+            if {"separate", "joint"} <= set(runs):
+                ratio = runs["separate"]["seconds_per_step"] / runs["joint"]["seconds_per_step"]
+                results["separate_over_joint"][f"{name} {precision}"] = ratio
+                print(f"  {name:<10} {precision:<15} separate / joint s/step: {ratio:.3f} "
+                      "(interleaved steps, one run)", flush=True)
+    target = results["steps"].get("resnet50 float32 separate")
+    if torch_peak is not None and target:
+        print(f"  target (issue 15): ResNet-50 float32 at >= 0.86 of PyTorch's matmul: "
+              f"{target['of_torch_matmul']:.2f}")
     if f.profile_steps:
         rows, total = op_table(50, f.profile_steps, f.batch_size, f.crop_size, f.num_past,
                                f.top_ops)

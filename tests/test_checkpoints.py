@@ -75,3 +75,30 @@ def test_restore_training_model_from_a_workdir(tmp_path):
     assert path.endswith("ckpt-1") and json.loads(cfg.to_json())["model"]["encoder"] == "resnet18"
     for a, b in zip(saved.variables, model.variables):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+
+
+def test_workdir_written_before_bn_groups_resumes_with_the_joint_batch(tmp_path):
+    """A config.json without bn_groups was trained with the joint batch: it reads back as
+    "joint", and the command that started it (the default, "separate") resumes with "joint", the
+    first time and after config.json stores it; an explicit stored "separate" is compared like any
+    model flag."""
+    cfg = tconfig.Config(tconfig.DataConfig(), tconfig.ModelConfig(encoder="resnet18"),
+                         tconfig.TrainConfig(workdir=str(tmp_path)))
+    assert cfg.model.bn_groups == "separate"
+    assert checkpoints.resumed_config(tmp_path, cfg) == (cfg, [])  # a new workdir
+    old = json.loads(cfg.to_json())
+    del old["model"]["bn_groups"]
+    (tmp_path / encoder_io.CONFIG_FILE).write_text(json.dumps(old))
+    assert checkpoints.load_run_config(tmp_path).model.bn_groups == "joint"
+    assert checkpoints.config_conflicts(tmp_path, cfg) == [
+        "--bn_groups: joint (stored) vs separate (given)"]
+    resumed, taken = checkpoints.resumed_config(tmp_path, cfg)
+    assert taken == ["--bn_groups=joint"] and resumed.model.bn_groups == "joint"
+    assert resumed.model.encoder == "resnet18" and resumed.train == cfg.train
+    assert checkpoints.config_conflicts(tmp_path, resumed) == []
+    (tmp_path / encoder_io.CONFIG_FILE).write_text(resumed.to_json())  # as the resumed run does
+    assert checkpoints.resumed_config(tmp_path, cfg) == (resumed, ["--bn_groups=joint"])
+    (tmp_path / encoder_io.CONFIG_FILE).write_text(cfg.to_json())  # a run with "separate"
+    assert checkpoints.resumed_config(tmp_path, cfg) == (cfg, [])
+    assert checkpoints.config_conflicts(tmp_path, resumed) == [
+        "--bn_groups: separate (stored) vs joint (given)"]

@@ -75,10 +75,32 @@ def test_crop_rule_is_the_models():
 def test_clip_and_model_kwargs_follow_the_config():
     cfg = tconfig.Config(tconfig.DataConfig(num_past=3, crop_size=168, resize_short=192,
                                             target_offset=10),
-                         tconfig.ModelConfig(encoder="resnet18", self_weight=0.1),
+                         tconfig.ModelConfig(encoder="resnet18", self_weight=0.1,
+                                             bn_groups="joint"),
                          tconfig.TrainConfig(workdir="w", freeze_encoder_steps=5, grad_clip_norm=0))
     clip = tconfig.clip_kwargs(cfg)
     assert (clip["num_past"], clip["crop_size"], clip["target_offset"]) == (3, 168, 10)
     model = tconfig.build_model(cfg)
     assert (model.depth, model.num_past, model.crop_size, model.self_weight) == (18, 3, 168, 0.1)
     assert model.freeze_encoder and model.grad_clip_norm is None
+    assert model.bn_groups == "joint"
+    assert tconfig.model_kwargs(tconfig.Config(
+        tconfig.DataConfig(), tconfig.ModelConfig(), cfg.train))["bn_groups"] == "separate"
+
+
+def test_bn_groups_flag_and_a_stored_config_that_predates_it():
+    """--bn_groups is a choice whose help names the reference; a stored config.json written before
+    the flag existed was trained with the joint batch and reads back as such."""
+    values = flags.FlagValues()
+    tconfig.define_flags(values)
+    assert values["bn_groups"].default == "separate" and "reference" in values["bn_groups"].help
+    with pytest.raises(flags.IllegalFlagValueError):
+        values(["train", "--bn_groups=together"])
+    with pytest.raises(ValueError, match="--bn_groups"):
+        tconfig.ModelConfig(bn_groups="together")
+    cfg = tconfig.Config(tconfig.DataConfig(), tconfig.ModelConfig(),
+                         tconfig.TrainConfig(workdir="w"))
+    old = json.loads(cfg.to_json())
+    del old["model"]["bn_groups"]
+    assert tconfig.Config.from_dict(old).model.bn_groups == "joint"
+    assert tconfig.Config.from_dict(json.loads(cfg.to_json())).model.bn_groups == "separate"

@@ -175,16 +175,22 @@ def test_similarity_term_alone_reaches_the_localizer_unless_stopped(sim_theta_gr
         assert norm == 0.0
 
 
-def _reference_unroll(model, batch):
-    """The cycles (docs/METHOD.md, "Long and skip cycles") one tracker call at a time (21 calls for k = 4), as written before
-    the calls were batched: the model's outputs must equal these."""
+def _reference_unroll(model, batch, features=None):
+    """The cycles (docs/METHOD.md, "Long and skip cycles") one tracker call at a time (21 calls
+    for k = 4), as written before the calls were batched: the model's outputs must equal these.
+    `features`: (past (B, k, h, w, C), target (B, h, w, C), query (B, p, p, C)) to track in;
+    None for the encoder's in inference mode."""
     k = model.num_past
-    past, target, patch = (np.asarray(batch[key]) for key in ("past", "target", "patch"))
-    b = past.shape[0]
-    feats = model.encoder(np.concatenate([past.reshape((-1,) + past.shape[2:]), target]),
-                          training=False)
-    past_feats = np.asarray(feats[:b * k]).reshape((b, k) + tuple(feats.shape[1:]))
-    target_feats, query = feats[b * k:], model.encoder(patch, training=False)
+    if features is None:
+        past, target, patch = (np.asarray(batch[key]) for key in ("past", "target", "patch"))
+        b = past.shape[0]
+        # (B, k, H, W, 3) -> (B*k, H, W, 3), then the B targets
+        feats = model.encoder(np.concatenate([past.reshape((-1,) + past.shape[2:]), target]),
+                              training=False)
+        # (B*k, h, w, C) -> (B, k, h, w, C)
+        features = (np.asarray(feats[:b * k]).reshape((b, k) + tuple(feats.shape[1:])),
+                    feats[b * k:], model.encoder(patch, training=False))
+    past_feats, target_feats, query = features
     frame = lambda back: past_feats[:, k - back]  # noqa: E731
     first = [model.tracker(frame(i), query) for i in range(1, k + 1)]
     theta_skip = [model.tracker(target_feats, s["features"])["theta"] for s in first]
@@ -270,3 +276,116 @@ def test_mixed_bfloat16_policy_keeps_the_tracker_in_float32():
         assert np.isfinite(logs["loss"])
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+# ------------------------------------------------------------------- BatchNorm batches (bn_groups)
+# docs/METHOD.md, "BatchNorm batches". The reference computations run on the model's own variables
+# reset to their values before (a fresh copy of weights and moving statistics, without building a
+# second model). Tolerances: features 1e-5 absolute (unit-norm vectors; the joint batch's differ by
+# > 1e-3), moving statistics rel 1e-5 (the other update order differs by > 1e-4 absolute), losses
+# rel 1e-5 (the joint batch's differ by 4e-4..2e-3 relative): float32 rounding of the same
+# kernels, eager against the traced step. "joint" is held bit for bit.
+
+
+def _state(model):
+    return [np.array(v) for v in model.variables]
+
+
+def _reset(model, state):
+    for v, value in zip(model.variables, state):
+        v.assign(value)
+
+
+def _groups(batch):
+    """The reference code's three encoder batches, in its order: past (B*k, H, W, 3), patch,
+    target."""
+    past = batch["past"]
+    # (B, k, H, W, 3) -> (B*k, H, W, 3)
+    return past.reshape((-1,) + past.shape[2:]), batch["patch"], batch["target"]
+
+
+def _by_clip(feats, b):
+    """(B*k, h, w, C) -> (B, k, h, w, C)."""
+    feats = np.asarray(feats)
+    return feats.reshape((b, -1) + feats.shape[1:])
+
+
+def _stats(model):
+    return [np.array(v) for v in model.encoder.non_trainable_weights]
+
+
+def test_separate_bn_groups_encode_each_group_as_a_batch_of_its_own():
+    model = small_model(num_past=2)
+    assert model.bn_groups == "separate" and model.get_config()["bn_groups"] == "separate"
+    joint = small_model(num_past=2, bn_groups="joint")
+    joint.set_weights(model.get_weights())
+    state = _state(model)
+    batch = make_batch(6, k=2)
+    # Inference mode normalises with the moving statistics: the grouping changes nothing.
+    for a, b in zip(model.encode(batch), joint.encode(batch)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    past, target, query = model.encode(batch, training=True)
+    _reset(model, state)
+    want_past, want_query, want_target = (np.asarray(model.encoder(g, training=True))
+                                          for g in _groups(batch))
+    np.testing.assert_allclose(np.stack(past, 1), _by_clip(want_past, 2), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(query), want_query, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(target), want_target, atol=1e-5)
+    # The joint batch normalises the past frames with the targets' statistics: other features.
+    joint_past, joint_target, _ = joint.encode(batch, training=True)
+    assert np.abs(np.stack(joint_past, 1) - _by_clip(want_past, 2)).max() > 1e-3
+    assert np.abs(np.asarray(joint_target) - want_target).max() > 1e-3
+
+
+def test_separate_bn_groups_step_moves_statistics_past_then_patch_then_target():
+    model = small_model(num_past=1)
+    state = _state(model)
+    batch = make_batch(7, k=1)
+    logs = _one_step(model, batch)
+    got = _stats(model)
+    past, patch, target = _groups(batch)
+    _reset(model, state)
+    for group in (past, target, patch):
+        model.encoder(group, training=True)
+    wrong = _stats(model)
+    _reset(model, state)
+    features = [model.encoder(g, training=True) for g in (past, patch, target)]
+    for a, b, v in zip(got, _stats(model), model.encoder.non_trainable_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=v.path)
+    assert max(np.abs(a - c).max() for a, c in zip(got, wrong)) > 1e-4  # the order shows
+
+    # The step's losses are those of features from the three separate calls.
+    expected = model.compute_losses(batch, _reference_unroll(
+        model, batch, (_by_clip(features[0], 2), features[2], features[1])))
+    for key in ("loss", "long", "skip", "sim", "self"):  # the joint batch's are 4e-4..2e-3 off
+        assert logs[key] == pytest.approx(float(expected[key]), rel=1e-5, abs=1e-9), key
+
+
+def test_joint_bn_groups_encode_past_and_target_as_one_batch_then_the_patch():
+    """The grouping every run before --bn_groups trained with, bit for bit."""
+    model = small_model(num_past=2, bn_groups="joint")
+    state = _state(model)
+    batch = make_batch(8, k=2)
+    past, target, query = model.encode(batch, training=True)
+    stats = _stats(model)
+    _reset(model, state)
+    # (B, k, H, W, 3) + (B, 1, H, W, 3) -> (B, k+1, H, W, 3) -> (B*(k+1), H, W, 3)
+    frames = np.concatenate([batch["past"], batch["target"][:, None]], 1)
+    frames = frames.reshape((-1,) + frames.shape[2:])
+    want = _by_clip(model.encoder(frames, training=True), 2)
+    want_query = np.asarray(model.encoder(batch["patch"], training=True))
+    np.testing.assert_array_equal(np.stack(past, 1), want[:, :2])
+    np.testing.assert_array_equal(np.asarray(target), want[:, 2])
+    np.testing.assert_array_equal(np.asarray(query), want_query)
+    for a, b in zip(stats, _stats(model)):
+        np.testing.assert_array_equal(a, b)
+    out = model(batch, training=True)
+    ref = _reference_unroll(model, batch, (want[:, :2], want[:, 2], want_query))
+    for key in ("theta_long", "theta_skip", "theta_self", "query"):
+        np.testing.assert_allclose(np.asarray(out[key]), np.asarray(ref[key]), rtol=1e-4,
+                                   atol=1e-5, err_msg=key)
+
+
+def test_bn_groups_is_checked():
+    with pytest.raises(ValueError, match="bn_groups must be one of"):
+        TimeCycle(bn_groups="together")

@@ -88,6 +88,10 @@ def test_resume_after_kill_continues_from_checkpoint(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (workdir / "ckpt" / "ckpt-8.index").exists()
+    # As if written before --bn_groups existed: such a run resumes with the joint batch.
+    stored = json.loads((workdir / "config.json").read_text())
+    del stored["model"]["bn_groups"]
+    (workdir / "config.json").write_text(json.dumps(stored))
     rerun = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "Resumed from" in rerun.stderr
@@ -103,6 +107,8 @@ def test_resume_after_kill_continues_from_checkpoint(tmp_path):
     assert (workdir / "ckpt" / "ckpt-8.index").exists()
     assert (workdir / "encoder.keras").exists()
     assert json.loads((workdir / "config.json").read_text())["train"]["train_steps"] == 8
+    assert "resuming with --bn_groups=joint" in rerun.stderr
+    assert json.loads((workdir / "config.json").read_text())["model"]["bn_groups"] == "joint"
     assert list((workdir / "tb").glob("events.out.tfevents.*"))
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 8 and {"loss", "long", "skip", "sim", "sim_1"} <= set(rows[-1])

@@ -30,6 +30,7 @@ _WIDTHS = (64, 128, 256)
 _STAGE_STRIDES = (1, 2, 1)
 # Total stride of the features: the stem's convolution (2) and max pool (2), then the stages.
 FEATURE_STRIDE = 2 * 2 * math.prod(_STAGE_STRIDES)
+# The reference's BatchNorm momentum 0.1 in Keras' convention (docs/METHOD.md, "BatchNorm batches").
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 # "same": Keras' own (asymmetric for stride 2 on even sizes); "zeros" / "reflect": k//2 on both

@@ -20,6 +20,9 @@ LEARNING_RATE = 2e-4
 BETA_1 = 0.5
 BETA_2 = 0.999
 GRAD_CLIP_NORM = 10.0
+# Which frames BatchNorm sees as one batch (docs/METHOD.md, "BatchNorm batches"): the reference
+# code's three encoder calls first, the single past + target batch second.
+BN_GROUPS = ("separate", "joint")
 # The localizer's valid convolutions each take kernel - 1 cells off the patch grid: the patch
 # needs at least 1 + 2 * 3 = 7 cells a side (a 168 px crop).
 MIN_PATCH_CELLS = 1 + len(LOCALIZER_FILTERS) * (LOCALIZER_KERNEL - 1)
@@ -64,6 +67,12 @@ class TimeCycle(keras.Model):
       sync_batchnorm: encoder BatchNorm statistics over all replicas (see ResNetEncoder).
       encoder_padding: the encoder's padding mode (ResNetEncoder `padding`): "same" for models
         trained here, "zeros" for the converted TimeCycle release (tc_keras/convert/releases.py).
+      bn_groups: which frames the encoder's BatchNorm sees as one batch in training
+        (docs/METHOD.md, "BatchNorm batches"): "separate" (default, the reference code's): three
+        encoder calls, the past frames (B*k), then the patches (B), then the targets (B), each
+        normalised with its own batch statistics and moving the running statistics in that
+        order; "joint" (ablation, what tc_keras trained with before the flag): the past frames
+        and targets as one batch (B*(k+1)), then the patches. Same weights; eval mode is the same.
 
     Call arguments:
       inputs: dict with `past` (B, k, H, W, 3), `target` (B, H, W, 3), `patch` (B, P, P, 3).
@@ -81,12 +90,14 @@ class TimeCycle(keras.Model):
                  sim_weight=tlosses.SIM_WEIGHT, self_weight=tlosses.SELF_WEIGHT,
                  sim_theta_grad=True, temperature=AFFINITY_TEMPERATURE,
                  freeze_encoder=False, grad_clip_norm=GRAD_CLIP_NORM, sync_batchnorm=False,
-                 encoder_padding="same", **kwargs):
+                 encoder_padding="same", bn_groups="separate", **kwargs):
         super().__init__(**kwargs)
         if similarity not in tlosses.SIMILARITIES:
             raise ValueError(f"similarity must be one of {tlosses.SIMILARITIES}, got {similarity!r}")
         if not sim_theta_grad and similarity != "inlier":
             raise ValueError("sim_theta_grad=False applies to the inlier similarity only")
+        if bn_groups not in BN_GROUPS:
+            raise ValueError(f"bn_groups must be one of {BN_GROUPS}, got {bn_groups!r}")
         check_crop_size(crop_size)
         if num_past < 1:
             raise ValueError(f"num_past must be >= 1, got {num_past}")
@@ -104,6 +115,7 @@ class TimeCycle(keras.Model):
         self.grad_clip_norm = grad_clip_norm
         self.sync_batchnorm = sync_batchnorm
         self.encoder_padding = encoder_padding
+        self.bn_groups = bn_groups
         self.feature_size = crop_size // FEATURE_STRIDE
         self.patch_cells = patch_cells(crop_size)
         self.encoder = ResNetEncoder(depth=depth, sync_batchnorm=sync_batchnorm,
@@ -117,21 +129,44 @@ class TimeCycle(keras.Model):
         self._loss_metrics = {n: keras.metrics.Mean(name=n) for n in names}
 
     # ----------------------------------------------------------------------------- forward
-    def call(self, inputs, training=None):
+    def encode(self, inputs, training=None):
+        """Encoder features of a batch, in float32, grouped for BatchNorm as `bn_groups` says.
+
+        Returns:
+          (past, target, query): `past` a list of k (B, h, w, C) tensors, oldest first;
+          `target` (B, h, w, C); `query` (B, p, p, C), the patch's.
+        """
         past, target, patch = inputs["past"], inputs["target"], inputs["patch"]
         k = self.num_past
-        # (B, k, H, W, 3) + (B, H, W, 3) -> (B, k+1, H, W, 3) -> (B*(k+1), H, W, 3): one encoder
-        # pass for the past frames and the target.
-        frames = keras.ops.concatenate([past, keras.ops.expand_dims(target, 1)], axis=1)
-        shape = keras.ops.shape(frames)
-        frames = keras.ops.reshape(frames, (-1, shape[2], shape[3], shape[4]))
-        feats = keras.ops.cast(self.encoder(frames, training=training), "float32")
-        fshape = keras.ops.shape(feats)
-        # (B*(k+1), h, w, C) -> (B, k+1, h, w, C) -> k+1 x (B, h, w, C), oldest first, target
-        # last. Unstacked, not sliced: the gradient of a slice pads a zero tensor of the whole.
-        *past_frames, target_feats = keras.ops.unstack(
-            keras.ops.reshape(feats, (-1, k + 1, fshape[1], fshape[2], fshape[3])), axis=1)
-        query = keras.ops.cast(self.encoder(patch, training=training), "float32")
+        shape = keras.ops.shape(past)
+
+        def features(frames):
+            return keras.ops.cast(self.encoder(frames, training=training), "float32")
+
+        def unstack_past(feats, frames):
+            # (B*frames, h, w, C) -> (B, frames, h, w, C) -> frames x (B, h, w, C). Unstacked,
+            # not sliced: the gradient of a slice pads a zero tensor of the whole.
+            fshape = keras.ops.shape(feats)
+            return keras.ops.unstack(
+                keras.ops.reshape(feats, (-1, frames, fshape[1], fshape[2], fshape[3])), axis=1)
+
+        if self.bn_groups == "joint":
+            # (B, k, H, W, 3) + (B, H, W, 3) -> (B, k+1, H, W, 3) -> (B*(k+1), H, W, 3): one
+            # encoder pass for the past frames and the target, then one for the patch.
+            frames = keras.ops.concatenate([past, keras.ops.expand_dims(target, 1)], axis=1)
+            frames = keras.ops.reshape(frames, (-1, shape[2], shape[3], shape[4]))
+            *past_feats, target_feats = unstack_past(features(frames), k + 1)
+            return past_feats, target_feats, features(patch)
+        # The reference order: past frames, patch, target, each a batch of its own.
+        # (B, k, H, W, 3) -> (B*k, H, W, 3)
+        frames = keras.ops.reshape(past, (-1, shape[2], shape[3], shape[4]))
+        past_feats = unstack_past(features(frames), k)
+        query = features(patch)
+        return past_feats, features(target), query
+
+    def call(self, inputs, training=None):
+        k = self.num_past
+        past_frames, target_feats, query = self.encode(inputs, training=training)
 
         def frame(back):  # features of the frame `back` steps before the target (1..k)
             return past_frames[k - back]
@@ -274,6 +309,6 @@ class TimeCycle(keras.Model):
                       self_weight=self.self_weight, sim_theta_grad=self.sim_theta_grad,
                       temperature=self.temperature, freeze_encoder=self.freeze_encoder,
                       grad_clip_norm=self.grad_clip_norm, sync_batchnorm=self.sync_batchnorm,
-                      encoder_padding=self.encoder_padding)
+                      encoder_padding=self.encoder_padding, bn_groups=self.bn_groups)
         return config
 

@@ -6,6 +6,7 @@ TimeCycle (encoder and tracker) from them. The encoder alone (`encoder.keras`) i
 `tc_keras.export.encoder_io`'s.
 """
 
+import dataclasses
 import json
 import pathlib
 
@@ -72,20 +73,64 @@ def restore_training_model(workdir, checkpoint=""):
     return model, path
 
 
+def _stored(workdir):
+    """The dict of `<workdir>/config.json`; None when there is no such file.
+
+    Raises:
+      ValueError naming the file when it is not readable JSON.
+    """
+    path = pathlib.Path(workdir) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path} is not readable JSON ({e})") from None
+
+
+def resumed_config(workdir, config):
+    """(config, taken): `config` resuming the workdir's run for the fields of `tconfig.PREDATING`,
+    and the flags so taken, as ["--bn_groups=joint", ...].
+
+    Such a field's default changed after runs were trained with its `PREDATING` value, which a
+    config.json written before the field existed means by lacking it. Where the workdir's run has
+    that value (stored, or meant by absence) and `config` the default, the run's value is taken:
+    a workdir written before --bn_groups keeps resuming, with the joint batch it trained with, under
+    the command that started it (and after that, config.json stores "joint"). `config` unchanged
+    for a new workdir or an unreadable config.json (config_conflicts names it).
+    """
+    try:
+        stored = _stored(workdir)
+    except ValueError:
+        return config, []
+    if stored is None:
+        return config, []
+    sections, taken = {}, []
+    for section, predating in tconfig.PREDATING.items():
+        given = getattr(config, section)
+        defaults = {f.name: f.default for f in dataclasses.fields(given)}
+        run = {**predating, **stored.get(section, {})}
+        values = {name: value for name, value in predating.items()
+                  if run[name] == value and getattr(given, name) == defaults[name] != value}
+        sections[section] = dataclasses.replace(given, **values)
+        taken += [f"--{name}={tconfig.shown(value)}" for name, value in values.items()]
+    return dataclasses.replace(config, **sections), taken
+
+
 def config_conflicts(workdir, config):
     """["--encoder: resnet18 (stored) vs resnet50 (given)", ...]: flags outside RESUMABLE whose
     value differs from `<workdir>/config.json`; [] when the workdir has no config.json yet.
-    Fields the stored file lacks (written before they existed) are not compared."""
-    path = pathlib.Path(workdir) / CONFIG_FILE
-    if not path.is_file():
-        return []
+    Fields the stored file lacks (written before they existed) are not compared, except those
+    whose absence means a value (`tconfig.PREDATING`): that value is."""
     try:
-        stored = json.loads(path.read_text())
+        stored = _stored(workdir)
     except ValueError as e:
-        return [f"{path} is not readable JSON ({e})"]
+        return [str(e)]
+    if stored is None:
+        return []
     out = []
     for section, values in config.to_dict().items():
-        old = stored.get(section, {})
+        old = {**tconfig.PREDATING.get(section, {}), **stored.get(section, {})}
         for name, value in values.items():
             if name in RESUMABLE or name not in old or old[name] == value:
                 continue

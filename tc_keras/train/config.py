@@ -91,6 +91,11 @@ class ModelConfig:
                                   "the localizer, as in the reference code (docs/METHOD.md, 'Gradient "
                                   "paths'); --nosim_theta_grad stops it (ablation; inlier only).")
     sync_batchnorm: bool = _field(False, "BatchNorm statistics over all replicas.")
+    bn_groups: str = _field("separate", "Frames the encoder's BatchNorm normalises as one batch "
+                            "in training: 'separate' (reference code: past frames, then "
+                            "patches, then targets, three batches) or 'joint' (past frames and "
+                            "targets as one batch, then patches; ablation, and what runs "
+                            "before this flag trained with).", choices=tmodel.BN_GROUPS)
     mixed_precision: bool = _field(False, "mixed_bfloat16 policy for the encoder (GPUs with "
                                    "bf16, i.e. Ampere or newer, and CPUs with AVX-512 BF16 or AMX; "
                                    "about 3x slower on CPUs without them); the tracker stays "
@@ -103,6 +108,8 @@ class ModelConfig:
                f"--similarity must be one of {tlosses.SIMILARITIES}, got {self.similarity!r}")
         for name in ("long_weight", "skip_weight", "sim_weight", "self_weight"):
             _check(getattr(self, name) >= 0, f"--{name} must be >= 0")
+        _check(self.bn_groups in tmodel.BN_GROUPS,
+               f"--bn_groups must be one of {tmodel.BN_GROUPS}, got {self.bn_groups!r}")
         _check(self.sim_theta_grad or self.similarity == "inlier",
                "--nosim_theta_grad applies to --similarity=inlier only")
 
@@ -144,6 +151,9 @@ class TrainConfig:
 
 
 SECTIONS = (DataConfig, ModelConfig, TrainConfig)
+# What a stored config.json written before a field existed means by its absence, where that is
+# not the field's default: runs before --bn_groups trained with the joint batch.
+PREDATING = {"model": {"bn_groups": "joint"}}
 _DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
            bool: flags.DEFINE_bool}
 
@@ -192,7 +202,12 @@ class Config:
 
     @classmethod
     def from_dict(cls, d):
-        return cls(DataConfig(**d["data"]), ModelConfig(**d["model"]), TrainConfig(**d["train"]))
+        """The config of a `to_dict()` dict; fields it lacks take their `PREDATING` value, if
+        any, else their default."""
+        def take(dc, name):
+            return dc(**{**PREDATING.get(name, {}), **d[name]})
+        return cls(take(DataConfig, "data"), take(ModelConfig, "model"),
+                   take(TrainConfig, "train"))
 
 
 def clip_kwargs(config):
@@ -215,4 +230,5 @@ def model_kwargs(config):
                 similarity=m.similarity, long_weight=m.long_weight, skip_weight=m.skip_weight,
                 sim_weight=m.sim_weight, self_weight=m.self_weight,
                 sim_theta_grad=m.sim_theta_grad, freeze_encoder=t.freeze_encoder_steps > 0,
-                grad_clip_norm=t.grad_clip_norm or None, sync_batchnorm=m.sync_batchnorm)
+                grad_clip_norm=t.grad_clip_norm or None, sync_batchnorm=m.sync_batchnorm,
+                bn_groups=m.bn_groups)

@@ -5,9 +5,10 @@ optimizer, step and config in a tf.train.Checkpoint), `encoder.keras` (the encod
 tools/propagate.py and tools/export.py), `tb/` (TensorBoard) and, for `--data=synthetic`, `data/`.
 Running the same command again resumes from the newest checkpoint that reads back whole, step and
 optimizer state intact. The model flags of a rerun must match the workdir's config.json
-(tc_keras.train.checkpoints.RESUMABLE lists those that may change); a truncated or corrupt shard is
-named. Such problems stop the run with one `error:` line: a rerun with other flags leaves the
-workdir as it was; a run stopped by an error keeps the steps it did in a checkpoint, for the rerun,
+(tc_keras.train.checkpoints.RESUMABLE lists those that may change; a workdir written before
+--bn_groups resumes with the joint batch it trained with); a truncated or corrupt shard is named.
+Such problems stop the run with one `error:` line: a rerun with other flags leaves the workdir as
+it was; a run stopped by an error keeps the steps it did in a checkpoint, for the rerun,
 but does not write `encoder.keras` (only periodic checkpoints and the end of training do).
 """
 
@@ -150,6 +151,11 @@ def run(config):
                             "is emulated there, about 3x slower than float32 (bench/RESULTS.md)")
     strategy = make_strategy(t.strategy)
     out_dir = task_dir(t.workdir, strategy)
+    config, taken = checkpoints.resumed_config(out_dir, config)
+    if taken:
+        logging.warning("%s: resuming with %s, what the run trained with (its config.json "
+                        "predates the flag or stores that value; the default differs)", out_dir,
+                        " ".join(taken))
     conflicts = checkpoints.config_conflicts(out_dir, config)  # before anything is written
     if conflicts:
         raise RunError(f"{out_dir} holds a run with other flags: {'; '.join(conflicts)}. Rerun "
