@@ -25,9 +25,9 @@ import sys
 import tempfile
 import time
 
-from tc_keras import cli  # noqa: F401 (first: quiets TensorFlow's start-up)
+from absl import flags
 
-from absl import app, flags  # noqa: E402
+from tc_keras import cli
 
 flags.DEFINE_list("encoders", ["resnet18", "resnet50"], "Encoders to time.")
 flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Keras dtype policies to time.")
@@ -214,4 +214,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

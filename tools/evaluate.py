@@ -21,9 +21,8 @@ import pathlib
 from absl import flags
 
 from tc_keras import cli
-from tc_keras.data import label_io
+from tc_keras.data import davis, label_io
 from tc_keras.propagation import metrics
-from tc_keras.data import davis
 
 _DAVIS_ROOT = flags.DEFINE_string("davis_root", None, "DAVIS root with Annotations/480p/<seq>.")
 _RESULTS = flags.DEFINE_string("results", None, "Results root (<seq>/<frame>.png), or for "

@@ -15,11 +15,10 @@ Record format and output layout: tc_keras/data/prepare.py.
 
 import sys
 
-from tc_keras import cli  # first: quiets TensorFlow's start-up
+from absl import flags, logging
 
-from absl import flags, logging  # noqa: E402
-
-from tc_keras.data import prepare, shard_files  # noqa: E402
+from tc_keras import cli
+from tc_keras.data import prepare, shard_files
 
 _INPUT = flags.DEFINE_string("input", None, "Folder of videos (any nesting) or a list file.")
 _OUT = flags.DEFINE_string("out", None, "Output folder for shards, manifest.jsonl, report.json.")

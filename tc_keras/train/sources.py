@@ -41,10 +41,7 @@ def resolve_data(config, workdir):
         elif _is_video_source(source):
             out = pathlib.Path(workdir) / "prepared" / pathlib.Path(source).stem
             logging.info("Preparing the videos of %s in %s", source, out)
-            try:
-                prepare.prepare(source, out)
-            except prepare.NothingStored as e:
-                raise DataError(str(e)) from None
+            prepare.prepare(source, out)  # NothingStored (a ValueError) names the source
             source = out
         shards += shard_files.resolve_shards(source)
     return sorted(set(shards))

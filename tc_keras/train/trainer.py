@@ -17,23 +17,21 @@ import os
 import pathlib
 import signal
 
-from tc_keras import cli  # first: quiets TensorFlow's start-up
+import keras
+import tensorflow as tf
+from absl import app, flags, logging
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-from tc_keras import atomic  # noqa: E402
-from tc_keras.train import checkpoints  # noqa: E402
-from tc_keras.train import config as tconfig  # noqa: E402
-from tc_keras.train import sources  # noqa: E402
-from tc_keras.train.checkpoints import training_checkpoint  # noqa: E402
-from tc_keras.export.encoder_io import CONFIG_FILE, ENCODER_FILE, save_encoder  # noqa: E402
-from tc_keras.train.monitor import RotationRamp, TrainingMonitor  # noqa: E402
+from tc_keras import atomic
+from tc_keras.export.encoder_io import CONFIG_FILE, ENCODER_FILE, save_encoder
+from tc_keras.train import checkpoints, sources
+from tc_keras.train import config as tconfig
+from tc_keras.train.checkpoints import training_checkpoint
+from tc_keras.train.monitor import RotationRamp, TrainingMonitor
 
 
-class RunError(Exception):
-    """A run that cannot go on for a reason the user can fix; the message names the file or flag."""
+class RunError(ValueError):
+    """A run that cannot go on for a reason the user can fix; the message names the file or flag.
+    A ValueError: `tc_keras.cli.run` shows it as one `error:` line."""
 
 
 def make_strategy(name):
@@ -225,19 +223,16 @@ def _raise_interrupt(signum, frame):
 
 
 def main(argv):
+    """The absl main of `python -m tc_keras.train`, run by `tc_keras.cli.run`: user errors (a bad
+    flag value, missing or unusable data, a workdir of another run) are ValueErrors or OSErrors,
+    which it shows as one `error:` line; so is a non-finite loss."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        config = tconfig.Config.from_flags(flags.FLAGS)
-    except ValueError as e:
-        raise app.UsageError(str(e))
+    config = tconfig.Config.from_flags(flags.FLAGS)
     try:
         step = run(config)
-    except FloatingPointError as e:
-        logging.error("%s", e)
-        cli.fail(e)
-    except (FileNotFoundError, RunError, sources.DataError) as e:
-        cli.fail(e)
+    except FloatingPointError as e:  # the monitor stopped the run (its message says why)
+        raise RunError(str(e)) from None
     next_steps(config.train.workdir, step)
 
 
