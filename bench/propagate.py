@@ -34,6 +34,7 @@ import shutil
 import time
 
 import numpy as np
+import peak_flops
 import tensorflow as tf
 from absl import flags
 
@@ -72,20 +73,6 @@ class Timed:
             out.numpy()  # waits for the value
         self.seconds += time.perf_counter() - start
         return out
-
-
-def matmul_flops_per_second(n=4096, repeats=5):
-    a, b = tf.random.normal((n, n)), tf.random.normal((n, n))
-    mm = tf.function(lambda x, y: tf.reduce_sum(tf.matmul(x, y)))
-    float(mm(a, b))
-    best = min(_timed(lambda: float(mm(a, b))) for _ in range(repeats))
-    return 2 * n ** 3 / best
-
-
-def _timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def encoder_flops(encoder, height, width):
@@ -206,7 +193,7 @@ def main(argv):
     if not (pathlib.Path(_DAVIS.value) / davis.IMAGES / _SEQUENCE.value).is_dir():
         raise FileNotFoundError(f"{_DAVIS.value}: no {davis.IMAGES}/{_SEQUENCE.value} (the DAVIS "
                                 "dev data)")
-    peak = matmul_flops_per_second()
+    peak = peak_flops.matmul_flops_per_second()
     print(f"{os.cpu_count()} CPUs; float32 4096^2 matmul {peak / 1e9:.1f} GFLOP/s; DAVIS "
           f"{_SEQUENCE.value}, preset {_PRESET.value}", flush=True)
     for size in (int(s) for s in _SIZES.value):
