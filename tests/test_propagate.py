@@ -20,13 +20,14 @@ CELL = FEATURE_STRIDE
 
 
 def test_model_size_and_presets():
-    assert presets.model_size(480, 854, presets.PRESETS["crw"]) == (480, 856)
-    assert presets.model_size(480, 854, presets.PRESETS["paper"]) == (320, 320)
-    assert presets.model_size(240, 320, dataclasses.replace(presets.PRESETS["crw"], size=120)) == (120, 160)
-    paper = presets.PRESETS["paper"]
-    assert (paper.context, paper.topk, paper.joint_topk, paper.minmax) == (7, 5, False, True)
-    crw = presets.PRESETS["crw"]
-    assert (crw.context, crw.radius, crw.topk, crw.joint_topk) == (20, 12.0, 10, True)
+    paper, crw = presets.PRESETS["paper"], presets.PRESETS["crw"]
+    assert presets.model_size(480, 854, crw) == (480, 856)  # native, sides to the stride
+    assert presets.model_size(480, 854, paper) == (paper.size, paper.size)  # square
+    assert presets.model_size(240, 320, dataclasses.replace(crw, size=120)) == (120, 160)
+    # The paper's protocol: a square resize, per-frame top-k over all positions, min-max
+    # normalised; the follow-up's: native size, joint top-k within a radius.
+    assert paper.square and not paper.joint_topk and paper.minmax and paper.radius is None
+    assert crw.size is None and crw.joint_topk and not crw.minmax and crw.radius is not None
     with pytest.raises(ValueError, match="topk"):
         presets.PropagationConfig(topk=0)
     with pytest.raises(ValueError, match="square"):
