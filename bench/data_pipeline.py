@@ -24,7 +24,9 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
+
+from tc_keras import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Scratch folder (default: a temporary folder).")
 _NUM_VIDEOS = flags.DEFINE_integer("num_videos", 16, "Synthetic videos in the corpus.")
@@ -141,4 +143,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

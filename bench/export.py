@@ -21,27 +21,26 @@ temporary folder, then, in one process:
 Few repeats on a shared 2-core CPU: read the figures to about +-20%.
 """
 
-import os
+from tc_keras import cli
+
+cli.quiet_tensorflow()  # before the imports below load TensorFlow (see tc_keras/cli.py)
+
 import pathlib
 import statistics
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+from absl import flags, logging
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
-import numpy as np  # noqa: E402
-
-from tc_keras.export import encoder_io  # noqa: E402
-from tc_keras.export import graphs as export_lib  # noqa: E402
-from tc_keras.propagation import propagate as prop  # noqa: E402
-from tc_keras.propagation import presets  # noqa: E402
-from tc_keras.export import runtimes as runtime_lib  # noqa: E402
-from tc_keras.model.encoder import FEATURE_STRIDE  # noqa: E402
-from tc_keras.propagation.label_step import vote, vote_local  # noqa: E402
-from tc_keras.propagation.tiles import local_tiles, radius_mask  # noqa: E402
+from tc_keras.export import encoder_io
+from tc_keras.export import graphs as export_lib
+from tc_keras.export import runtimes as runtime_lib
+from tc_keras.model.encoder import FEATURE_STRIDE
+from tc_keras.propagation import presets
+from tc_keras.propagation import propagate as prop
+from tc_keras.propagation.label_step import vote, vote_local
+from tc_keras.propagation.tiles import local_tiles, radius_mask
 
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed embed calls per runtime (median reported).")
 _STEP_CHUNKS = flags.DEFINE_integer("step_chunks", 2, "Timed label-step chunks per runtime "
@@ -141,4 +140,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

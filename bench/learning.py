@@ -27,7 +27,9 @@ import pathlib
 import subprocess
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from tc_keras import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -60,7 +62,7 @@ def real_shards(run_dir):
     """The shards of the real (prepared) training videos of a run."""
     shards = sorted(str(p) for p in (run_dir / "prepared").glob("*/*.tfrecord"))
     if not shards:
-        sys.exit(f"error: {run_dir}/prepared holds no shards of real videos")
+        raise FileNotFoundError(f"{run_dir}/prepared holds no shards of real videos")
     return shards
 
 
@@ -177,7 +179,8 @@ def print_table(table, header):
 def main(argv):
     del argv
     if not SHARED.is_dir():
-        sys.exit(f"error: {SHARED} not found (the real clips and DAVIS dev data live there)")
+        raise FileNotFoundError(f"{SHARED} not found (the real clips and DAVIS dev data live "
+                                "there)")
     workdir = (ROOT / _WORKDIR.value).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     runs = {int(s): workdir / f"seed{int(s)}" for s in _SEEDS.value}
@@ -214,4 +217,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

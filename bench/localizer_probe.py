@@ -19,11 +19,12 @@ workdir's clip settings and prints (and with --json writes):
 
 import json
 import pathlib
-import sys
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from tc_keras import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -52,25 +53,19 @@ def main(argv):
     from tc_keras.model.tracker import Tracker
 
     workdir = (ROOT / _WORKDIR.value).resolve()
-    try:
-        config = load_run_config(workdir)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+    config = load_run_config(workdir)
     pattern = "*.tfrecord" if _SHARDS.value else "prepared/*/*.tfrecord"
     shard_dir = pathlib.Path(_SHARDS.value) if _SHARDS.value else workdir
     shards = sorted(str(p) for p in shard_dir.glob(pattern))
     if not shards:
-        sys.exit(f"error: no .tfrecord shards in {shard_dir / pattern}")
+        raise FileNotFoundError(f"no .tfrecord shards in {shard_dir / pattern}")
     keras.utils.set_random_seed(0)  # initialisation ("random") and the clips' random placement
     if _CHECKPOINT.value == "random":
         model = tconfig.build_model(config)
         model.build_from_crop()
         name = "random-init"
     else:
-        try:
-            model, path = restore_training_model(workdir, _CHECKPOINT.value)
-        except ValueError as e:
-            sys.exit(f"error: {e}")
+        model, path = restore_training_model(workdir, _CHECKPOINT.value)
         name = pathlib.Path(path).name
     data = pipeline.clip_dataset(shards, batch_size=8, shuffle_buffer=64, seed=3,
                                  deterministic=True, **tconfig.clip_kwargs(config))
@@ -152,4 +147,4 @@ def probe(task, feats, model, learning_rate, tl, tracker_cls, keras, tf):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -21,29 +21,29 @@ r"""Propagation benchmark: s/frame end to end against the arithmetic floor, and 
 Figures only; nothing is asserted.
 """
 
+from tc_keras import cli
+
+cli.quiet_tensorflow()  # before the imports below load TensorFlow (see tc_keras/cli.py)
+
 import concurrent.futures
 import dataclasses
 import os
 import pathlib
 import resource
 import shutil
-import sys
 import time
 
-from tc_keras import cli  # noqa: F401 (first: quiets TensorFlow's start-up)
+import numpy as np
+import peak_flops
+import tensorflow as tf
+from absl import flags
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-
-from tc_keras.propagation import context as context_lib  # noqa: E402
-from tc_keras.export import encoder_io  # noqa: E402
-from tc_keras.data import label_io  # noqa: E402
-from tc_keras.propagation import propagate as prop  # noqa: E402
-from tc_keras.propagation import presets  # noqa: E402
-from tc_keras.data import davis, video  # noqa: E402
-from tc_keras.propagation.tiles import local_tiles, radius_mask  # noqa: E402
+from tc_keras.data import davis, label_io, video
+from tc_keras.export import encoder_io
+from tc_keras.propagation import context as context_lib
+from tc_keras.propagation import presets
+from tc_keras.propagation import propagate as prop
+from tc_keras.propagation.tiles import local_tiles, radius_mask
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _DAVIS = flags.DEFINE_string("davis_root", str(ROOT.parent / "shared" / "data" / "davis2016-dev"),
@@ -73,20 +73,6 @@ class Timed:
             out.numpy()  # waits for the value
         self.seconds += time.perf_counter() - start
         return out
-
-
-def matmul_flops_per_second(n=4096, repeats=5):
-    a, b = tf.random.normal((n, n)), tf.random.normal((n, n))
-    mm = tf.function(lambda x, y: tf.reduce_sum(tf.matmul(x, y)))
-    float(mm(a, b))
-    best = min(_timed(lambda: float(mm(a, b))) for _ in range(repeats))
-    return 2 * n ** 3 / best
-
-
-def _timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def encoder_flops(encoder, height, width):
@@ -205,8 +191,9 @@ def bench_memory(config):
 def main(argv):
     del argv
     if not (pathlib.Path(_DAVIS.value) / davis.IMAGES / _SEQUENCE.value).is_dir():
-        sys.exit(f"error: {_DAVIS.value}: no {davis.IMAGES}/{_SEQUENCE.value} (the DAVIS dev data)")
-    peak = matmul_flops_per_second()
+        raise FileNotFoundError(f"{_DAVIS.value}: no {davis.IMAGES}/{_SEQUENCE.value} (the DAVIS "
+                                "dev data)")
+    peak = peak_flops.matmul_flops_per_second()
     print(f"{os.cpu_count()} CPUs; float32 4096^2 matmul {peak / 1e9:.1f} GFLOP/s; DAVIS "
           f"{_SEQUENCE.value}, preset {_PRESET.value}", flush=True)
     for size in (int(s) for s in _SIZES.value):
@@ -217,4 +204,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

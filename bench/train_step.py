@@ -25,14 +25,13 @@ import collections
 import json
 import os
 import pathlib
-import subprocess
-import sys
 import tempfile
 import time
 
-from tc_keras import cli  # noqa: F401 (first: quiets TensorFlow's start-up)
+import peak_flops
+from absl import flags
 
-from absl import app, flags  # noqa: E402
+from tc_keras import cli
 
 flags.DEFINE_list("encoders", ["resnet18", "resnet50"], "Encoders to time.")
 flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Keras dtype policies to time.")
@@ -47,18 +46,6 @@ flags.DEFINE_integer("profile_steps", 2, "ResNet-50 float32 steps profiled for t
 flags.DEFINE_integer("top_ops", 15, "Rows of the op table.")
 flags.DEFINE_integer("matmul_size", 4096, "Side of the square matmul for peak FLOP/s.")
 flags.DEFINE_string("json", "", "Also write the figures to this JSON file.")
-
-_TORCH_MATMUL = """
-import sys, time, torch
-torch.set_num_threads(2)
-n = int(sys.argv[1])
-a, b = torch.randn(n, n), torch.randn(n, n)
-a @ b
-best = float("inf")
-for _ in range(5):
-    start = time.perf_counter(); a @ b; best = min(best, time.perf_counter() - start)
-print(2 * n ** 3 / best)
-"""
 
 
 def random_batch(batch_size, crop_size, num_past, seed=0):
@@ -166,39 +153,13 @@ def op_table(depth, steps, batch_size, crop_size, num_past, rows):
         total / 1e12 / steps
 
 
-def matmul_flops_per_second(n=4096, repeats=5):
-    """Practical peak: float32 n x n matmul FLOP/s (2 n^3 per product), best of `repeats`."""
-    import tensorflow as tf
-
-    a = tf.random.normal((n, n))
-    b = tf.random.normal((n, n))
-    mm = tf.function(lambda x, y: tf.reduce_sum(tf.matmul(x, y)))
-    float(mm(a, b))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        float(mm(a, b))
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best
-
-
-def torch_matmul_flops_per_second(n=4096):
-    """PyTorch's float32 matmul FLOP/s with 2 threads, in a child process; None without torch."""
-    try:
-        out = subprocess.run([sys.executable, "-c", _TORCH_MATMUL, str(n)], capture_output=True,
-                             text=True, timeout=300, check=True)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-        return None
-    return float(out.stdout.split()[-1])
-
-
 def main(argv):
     del argv
     import tensorflow as tf
 
     f = flags.FLAGS
-    torch_peak = torch_matmul_flops_per_second(f.matmul_size)
-    peak = matmul_flops_per_second(f.matmul_size)
+    torch_peak = peak_flops.torch_matmul_flops_per_second(f.matmul_size)
+    peak = peak_flops.matmul_flops_per_second(f.matmul_size)
     print(f"\ntrain step benchmark: {os.cpu_count()} CPUs, TF {tf.__version__}, batch "
           f"{f.batch_size} clips, {f.num_past} past frames, {f.crop_size} px crop")
     print(f"  float32 {f.matmul_size}^2 matmul: TensorFlow {peak / 1e9:.1f} GFLOP/s, PyTorch "
@@ -242,4 +203,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,9 +1,20 @@
-"""Real broken inputs for tests: videos cut short (index at the start), cut files of any kind."""
+"""Video files for tests: whole ones, and real broken inputs: videos cut short (index at the
+start), cut files of any kind."""
 
 import pathlib
 
 import av
 import numpy as np
+
+from tc_keras.data import video_writer
+
+
+def write_video(path, frames, fps):
+    """Writes uint8 (H, W, 3) RGB frames to an H.264 mp4 with tc_keras's VideoWriter; the path."""
+    with video_writer.VideoWriter(path, fps) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return writer.path
 
 
 def noise_frames(num, height=64, width=96, seed=0):

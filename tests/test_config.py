@@ -72,6 +72,21 @@ def test_crop_rule_is_the_models():
     assert tmodel.patch_cells(240) == 10 and tmodel.MIN_PATCH_CELLS == 7
 
 
+def test_similarity_rule_is_the_loss_layers_wherever_it_is_checked():
+    from tc_keras.model import losses as tlosses
+
+    bad = (dict(similarity="cosine"), dict(similarity="inner_product", sim_theta_grad=False))
+    for kwargs, match in zip(bad, ("similarity must be one of", "sim_theta_grad=False")):
+        with pytest.raises(ValueError, match=match):
+            tlosses.check_similarity(**kwargs)
+        with pytest.raises(ValueError, match="--" + match):
+            tconfig.ModelConfig(**kwargs)
+        with pytest.raises(ValueError, match=match):
+            tmodel.TimeCycle(depth=18, **kwargs)
+    tconfig.ModelConfig(similarity="inner_product")
+    tconfig.ModelConfig(sim_theta_grad=False)
+
+
 def test_clip_and_model_kwargs_follow_the_config():
     cfg = tconfig.Config(tconfig.DataConfig(num_past=3, crop_size=168, resize_short=192,
                                             target_offset=10),

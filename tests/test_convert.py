@@ -18,7 +18,7 @@ from tc_keras.data import label_io
 from tc_keras.data import synthetic
 from tests import release_reference as ref
 from tests.pth_writer import write_pth
-from tests.tool_run import TF_AND_LITE_NOISE, assert_user_error, run_tool
+from tests.tool_run import LITE_NOISE, assert_user_error, run_tool
 
 # Converted float32 features against a float64 reference (both L2-normalised); measured ~4e-7.
 ATOL = 1e-4
@@ -176,7 +176,7 @@ def test_wrong_or_broken_checkpoints_are_clear_errors(tmp_path):
 
 # ------------------------------------------------------------------------------ the tools
 def _one_error_line(result, *names):
-    assert_user_error(result, *names, noise=TF_AND_LITE_NOISE)
+    assert_user_error(result, *names, noise=LITE_NOISE)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import pytest
 
 from tc_keras.export import encoder_io
 from tc_keras.model.encoder import ResNetEncoder
+from tests import broken_files
 
 
 def test_load_encoder_specs(tmp_path):
@@ -71,6 +72,23 @@ def test_encoder_files_saved_with_keras_batchnorm_load(tmp_path, monkeypatch):
     for a, b in zip(old.variables, loaded.variables):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
 
+
+
+def test_cut_or_corrupt_keras_file_is_named_as_such(tmp_path):
+    """Keras' own message for a .keras file it cannot open is "File not found"."""
+    fixture = pathlib.Path(__file__).parent / "fixtures" / "encoder_b9206ce.keras"
+    cut = broken_files.cut(fixture, 0.5, out=tmp_path / "cut.keras")
+    flipped = bytearray(fixture.read_bytes())
+    flipped[len(flipped) // 2] ^= 0xFF  # inside the weights member
+    (tmp_path / "flipped.keras").write_bytes(bytes(flipped))
+    for path, why in ((cut, "File is not a zip file"),
+                      (tmp_path / "flipped.keras", "model.weights.h5")):
+        with pytest.raises(ValueError) as info:
+            encoder_io.load_encoder_model(str(path))
+        message = str(info.value)
+        assert message.startswith(f"--encoder {path}: not a readable .keras file (truncated or "
+                                  "corrupt zip: "), message
+        assert why in message and "File not found" not in message
 
 
 def test_encoder_file_saved_before_the_subsystem_move_loads():

@@ -122,6 +122,8 @@ def test_unknown_similarity_is_a_clear_error():
     same = np.repeat(gt[:, None], 2, axis=1)
     with pytest.raises(ValueError, match="similarity"):
         tl.cycle_losses(_outputs(rng, 2, same, same), gt, (9, 9), similarity="cosine")
+    with pytest.raises(TypeError):  # the similarity and the weights are keyword-only
+        tl.cycle_losses(_outputs(rng, 2, same, same), gt, (9, 9), "inlier")
 
 
 def test_inlier_score_gradient_reaches_theta_unless_stopped():

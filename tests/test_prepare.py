@@ -120,6 +120,16 @@ def test_list_file_and_changed_input(tmp_path, videos):
         "shard-00000-of-00001.tfrecord"]
 
 
+def test_min_frames_default_holds_one_clip_at_its_nominal_offsets():
+    """prepare's default keeps the videos that a clip fits at its nominal offsets (the pipeline
+    squeezes the clip into anything shorter)."""
+    from tc_keras.data import clip_layout, pipeline
+
+    shortest = prepare.DEFAULT_MIN_FRAMES
+    assert pipeline.clip_offsets(shortest).numpy()[-1] == clip_layout.TARGET_OFFSET
+    assert pipeline.clip_offsets(shortest - 1).numpy()[-1] < clip_layout.TARGET_OFFSET
+
+
 def test_resolve_shards(tmp_path):
     for name in ["b.tfrecord", "a.tfrecord", "c.txt"]:
         (tmp_path / name).write_bytes(b"")

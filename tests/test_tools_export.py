@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tc_keras.data import label_io, synthetic
 from tc_keras.export import encoder_io
-from tc_keras.data import label_io
-from tc_keras.data import synthetic
-from tc_keras.data import video_writer
-from tests.tool_run import TF_AND_LITE_NOISE, assert_user_error, run_tool
+from tests import broken_files
+from tests.tool_run import LITE_NOISE, assert_user_error, run_tool
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +40,7 @@ def test_next_version_and_one_line_errors(exported):
             (("--checkpoint", workdir, "--random", "--out", out / "x"), ["give either"]),
             (("--out", out / "x", "--quantize", "int4"), ["--quantize int4"]),
             (("--checkpoint", workdir), ["--out"])):
-        assert_user_error(run_tool("export.py", *args), *names, noise=TF_AND_LITE_NOISE)
+        assert_user_error(run_tool("export.py", *args), *names, noise=LITE_NOISE)
     assert not (out / "x").exists()
     # Random weights only when asked for, and then with a warning (here the version exists).
     result = run_tool("export.py", "--random", "--out", out / "tc", "--version", 1)
@@ -53,7 +52,7 @@ def test_propagate_masks_identical_across_runtimes(exported, tmp_path):
     """Keras (workdir), SavedModel and TFLite give the same masks through tools/propagate.py."""
     workdir, out = exported
     frames, masks = synthetic.render_video(5, frames=8, size=(64, 96), num_objects=(2, 2))
-    video = video_writer.write_video(tmp_path / "clip.mp4", frames, fps=12)
+    video = broken_files.write_video(tmp_path / "clip.mp4", frames, fps=12)
     label_io.write_mask(tmp_path / "mask.png", masks[0], label_io.DAVIS_MASK)
     results = {}
     for name, encoder in (("keras", workdir), ("saved_model", out / "tc"),
@@ -74,11 +73,11 @@ def test_propagate_masks_identical_across_runtimes(exported, tmp_path):
 def test_propagate_rejects_broken_export(tmp_path):
     (tmp_path / "bad.tflite").write_bytes(b"junk")
     frames, masks = synthetic.render_video(5, frames=2, size=(32, 32))
-    video = video_writer.write_video(tmp_path / "clip.mp4", frames, fps=12)
+    video = broken_files.write_video(tmp_path / "clip.mp4", frames, fps=12)
     label_io.write_mask(tmp_path / "mask.png", masks[0], label_io.DAVIS_MASK)
     result = run_tool("propagate.py", "--video", video, "--labels", tmp_path / "mask.png",
                       "--out", tmp_path / "o", "--encoder", tmp_path / "bad.tflite")
-    assert_user_error(result, "bad.tflite", noise=TF_AND_LITE_NOISE)
+    assert_user_error(result, "bad.tflite", noise=LITE_NOISE)
 
 
 def test_keras_loader_reads_workdir(exported):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import re
 
 import numpy as np
@@ -108,11 +109,15 @@ def _soft(mask):
 
 @pytest.mark.parametrize("case", ["mask_size", "no_object", "corrupt_video", "gap", "mixed_sizes",
                                   "truncated_mp4", "truncated_avi", "soft_mask",
-                                  "keypoints_outside"])
+                                  "keypoints_outside", "cut_encoder"])
 def test_bad_inputs_give_one_line_and_no_output(clip, tmp_path, case):
     root, frames, masks = clip
-    video, labels = root / "frames", root / "mask.png"
-    if case.startswith("truncated"):
+    video, labels, encoder = root / "frames", root / "mask.png", "identity"
+    if case == "cut_encoder":
+        encoder = broken_files.cut(pathlib.Path(__file__).parent / "fixtures" /
+                                   "encoder_b9206ce.keras", 0.5, out=tmp_path / "encoder.keras")
+        named = f"--encoder {encoder}: not a readable .keras file (truncated or corrupt zip"
+    elif case.startswith("truncated"):
         # 40 frames of 96x64, cut in half; the mp4 has its index at the start, so both open and
         # used to give about 20 masks and exit 0.
         video = broken_files.truncated_video(tmp_path / f"cut.{case[-3:]}", case[-3:], frames=40)
@@ -152,7 +157,7 @@ def test_bad_inputs_give_one_line_and_no_output(clip, tmp_path, case):
         named = video
     out = tmp_path / "out"
     result = run_tool("propagate.py", "--video", video, "--labels", labels, "--out", out,
-                      "--encoder", "identity")
+                      "--encoder", encoder)
     assert_user_error(result, named)
     assert not out.exists()
     assert not list(tmp_path.glob(".*partial"))

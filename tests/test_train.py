@@ -247,18 +247,18 @@ def test_two_workers_train_together_and_agree(tmp_path):
 
 def test_data_list_of_videos_is_prepared_into_the_workdir(tmp_path):
     """--data names raw videos (a .txt list): they are prepared into <workdir>/prepared/<name>."""
-    from tc_keras.train import trainer as train
     from tc_keras.data import synthetic
+    from tc_keras.train import sources
 
     synthetic.write_corpus(tmp_path / "corpus", 2, frames=20, size=(48, 48), fps=12, seed=4)
     listing = tmp_path / "videos.txt"
     listing.write_text("corpus/videos/vid_0000.mp4\ncorpus/videos/vid_0001.mp4\n")
     config = tconfig.Config(tconfig.DataConfig(data=f"{listing}"), tconfig.ModelConfig(),
                             tconfig.TrainConfig(workdir=str(tmp_path / "run")))
-    shards = train.resolve_data(config, tmp_path / "run")
+    shards = sources.resolve_data(config, tmp_path / "run")
     assert shards and all("/run/prepared/videos/" in s for s in shards)
-    assert train.count_videos(shards) == 2
-    assert train.resolve_data(config, tmp_path / "run") == shards  # prepared once, then reused
+    assert sources.count_videos(shards) == 2
+    assert sources.resolve_data(config, tmp_path / "run") == shards  # prepared once, then reused
 
 
 def test_rotation_ramp_callback_follows_the_step():
@@ -277,6 +277,16 @@ def test_rotation_ramp_callback_follows_the_step():
         _Model.optimizer.iterations.assign(step)
         ramp.on_train_batch_begin(0)
         assert float(scale.numpy()) == pytest.approx(expected)
+
+
+def test_phases_train_the_tracker_alone_first_and_resume_mid_phase():
+    from tc_keras.train.trainer import phases
+
+    assert phases(0, 10, 0) == [(False, 10)]
+    assert phases(0, 10, 4) == [(True, 4), (False, 10)]
+    assert phases(3, 10, 4) == [(True, 4), (False, 10)]  # resumed inside the frozen phase
+    assert phases(4, 10, 4) == [(False, 10)]
+    assert phases(0, 3, 4) == [(True, 3), (False, 3)]  # the frozen phase ends the run
 
 
 def test_cpu_has_bfloat16_reads_cpuinfo_flags(tmp_path):

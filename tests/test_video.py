@@ -27,7 +27,7 @@ def _index_of(frame):
 
 @pytest.fixture
 def clip(tmp_path):
-    return video_writer.write_video(tmp_path / "clip.mp4", _smooth_frames(30), fps=30)
+    return broken_files.write_video(tmp_path / "clip.mp4", _smooth_frames(30), fps=30)
 
 
 def test_round_trip(clip):
@@ -58,7 +58,7 @@ def test_resize_keeps_aspect_even_width(clip):
 
 
 def test_writer_pads_odd_sizes(tmp_path):
-    path = video_writer.write_video(tmp_path / "odd.mp4", _smooth_frames(3, 33, 47), fps=12)
+    path = broken_files.write_video(tmp_path / "odd.mp4", _smooth_frames(3, 33, 47), fps=12)
     assert video.video_info(path)[("width")] == 48
     assert next(video.iter_frames(path)).shape == (34, 48, 3)
 

@@ -12,11 +12,13 @@ README ("Published weights"). torch is not needed. A file that is not the named 
 keys or shapes, not a PyTorch checkpoint) prints one `error: ...` line and exits with status 1.
 """
 
-from tc_keras import cli  # first: quiets TensorFlow's start-up
+from tc_keras import cli
 
-from absl import flags  # noqa: E402
+cli.quiet_tensorflow()  # before the imports below load TensorFlow (see tc_keras/cli.py)
 
-from tc_keras.convert import releases as convert  # noqa: E402
+from absl import flags
+
+from tc_keras.convert import releases as convert
 
 _FROM = flags.DEFINE_enum("from", None, sorted(convert.RELEASES),
                           "Which release the checkpoint is: timecycle (TimeCycle ResNet-50, "

@@ -32,9 +32,7 @@ import numpy as np
 from absl import flags
 
 from tc_keras import cli
-from tc_keras.data import davis
-from tc_keras.data import label_io
-from tc_keras.data import vip
+from tc_keras.data import davis, label_io, vip
 from tc_keras.propagation import metrics
 
 _DAVIS_ROOT = flags.DEFINE_string("davis_root", None, "DAVIS root with Annotations/480p/<seq>.")

@@ -12,16 +12,16 @@ propagate_per_frame) are described in tc_keras/export/graphs.py. User errors (mi
 existing version) print one line naming the flag as typed and exit with status 1.
 """
 
+from tc_keras import cli
+
+cli.quiet_tensorflow()  # before the imports below load TensorFlow (see tc_keras/cli.py)
+
 import sys
 
-from tc_keras import cli  # first: quiets TensorFlow's start-up
+from absl import flags, logging
 
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
-
-from tc_keras.export import encoder_flags  # noqa: E402
-from tc_keras.export import encoder_io  # noqa: E402
-from tc_keras.export import graphs as export_lib  # noqa: E402
+from tc_keras.export import encoder_flags, encoder_io
+from tc_keras.export import graphs as export_lib
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "Encoder to export: a training workdir (its encoder.keras), an "

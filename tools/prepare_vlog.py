@@ -15,11 +15,10 @@ Record format and output layout: tc_keras/data/prepare.py.
 
 import sys
 
-from tc_keras import cli  # first: quiets TensorFlow's start-up
+from absl import flags, logging
 
-from absl import flags, logging  # noqa: E402
-
-from tc_keras.data import prepare, shard_files  # noqa: E402
+from tc_keras import cli
+from tc_keras.data import prepare, shard_files
 
 _INPUT = flags.DEFINE_string("input", None, "Folder of videos (any nesting) or a list file.")
 _OUT = flags.DEFINE_string("out", None, "Output folder for shards, manifest.jsonl, report.json.")
@@ -32,7 +31,8 @@ _WORKERS = flags.DEFINE_integer("workers", 0,
 _PER_SHARD = flags.DEFINE_integer("videos_per_shard", 64, "Videos per TFRecord shard.")
 _MIN_FRAMES = flags.DEFINE_integer(
     "min_frames", prepare.DEFAULT_MIN_FRAMES,
-    "Videos with fewer frames after resampling are skipped (default 16 = target offset 15 + 1).")
+    "Videos with fewer frames after resampling are skipped (default: the frames a training clip "
+    f"spans, target offset + 1 = {prepare.DEFAULT_MIN_FRAMES}).")
 _QUALITY = flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of stored frames, 1-100.")
 _KEEP_TRUNCATED = flags.DEFINE_bool(
     "keep_truncated", False, "Store a truncated video's frames before the cut, marked "

@@ -32,6 +32,10 @@ video, frame folder with gaps or mixed sizes, mask of the wrong size, without an
 print one line and exit with status 1. Progress: a bar on a terminal, plain lines otherwise.
 """
 
+from tc_keras import cli
+
+cli.quiet_tensorflow()  # before the imports below load TensorFlow (see tc_keras/cli.py)
+
 import collections
 import concurrent.futures
 import contextlib
@@ -39,24 +43,16 @@ import pathlib
 import sys
 import time
 
-from tc_keras import cli  # first: quiets TensorFlow's start-up
+import keras
+import numpy as np
+from absl import flags
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import flags  # noqa: E402
-
-from tc_keras import atomic  # noqa: E402
-from tc_keras.data import davis  # noqa: E402
-from tc_keras.data import label_io  # noqa: E402
-from tc_keras.data import video as video_lib  # noqa: E402
-from tc_keras.data import video_writer  # noqa: E402
-from tc_keras.data import vip  # noqa: E402
-from tc_keras.export import encoder_flags  # noqa: E402
-from tc_keras.export import encoder_io  # noqa: E402
-from tc_keras.export import runtimes  # noqa: E402
-from tc_keras.propagation import propagate as prop  # noqa: E402
-from tc_keras.propagation import protocol_flags  # noqa: E402
-from tc_keras.propagation import visualize  # noqa: E402
+from tc_keras import atomic
+from tc_keras.data import davis, label_io, video_writer, vip
+from tc_keras.data import video as video_lib
+from tc_keras.export import encoder_flags, encoder_io, runtimes
+from tc_keras.propagation import propagate as prop
+from tc_keras.propagation import protocol_flags, visualize
 
 _VIDEO = flags.DEFINE_string("video", None, "Input video file or folder of numbered frames.")
 _LABELS = flags.DEFINE_string(

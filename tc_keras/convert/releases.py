@@ -31,7 +31,7 @@ import numpy as np
 from tc_keras import atomic
 from tc_keras.convert import pth
 from tc_keras.export.encoder_io import CONFIG_FILE, ENCODER_FILE, save_encoder
-from tc_keras.model.encoder import ResNetEncoder
+from tc_keras.model.encoder import STAGES, ResNetEncoder
 
 TRACKER_FILE = "tracker.weights.h5"
 # The release's tracker works on 30x30 image features (900 affinity channels) and 10x10 patch
@@ -51,8 +51,6 @@ RELEASES = {
                 preset="crw", tracker=False, time_kernel=False, file="pretrained.pth",
                 wrapper="model"),
 }
-# Stages converted (layer1..layer3 = res2..res4); blocks per stage as tc_keras.model.encoder.
-_STAGES = {18: (2, 2, 2), 50: (3, 4, 6)}
 
 
 class ConversionError(ValueError):
@@ -65,7 +63,7 @@ def _encoder_pairs(encoder, release):
     prefix = RELEASES[release]["prefix"]
     pairs = [(prefix + "conv1", encoder.stem_conv), (prefix + "bn1", encoder.stem_bn)]
     blocks = iter(encoder.blocks)
-    for stage, count in enumerate(_STAGES[encoder.depth]):
+    for stage, count in enumerate(STAGES[encoder.depth]):  # layer1..layer3 = res2..res4
         for i in range(count):
             block = next(blocks)
             stem = f"{prefix}layer{stage + 1}.{i}."

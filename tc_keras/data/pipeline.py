@@ -22,13 +22,10 @@ import math
 import tensorflow as tf
 
 from tc_keras import ops as tc_ops
-from tc_keras.data import shard_files
+from tc_keras.data import clip_layout, shard_files
 
-# Clip structure (docs/METHOD.md, "Training data and schedule"): past frames 2 apart at 12 fps, the
-# target 15 frames after the first; the short side resized to 256 before the crop; the patch
-# rotated by up to 45 degrees.
-FRAME_GAP = 2
-TARGET_OFFSET = 15
+# Clips (docs/METHOD.md, "Training data and schedule"; frame offsets: clip_layout): the short side
+# resized to 256 before the crop; the patch rotated by up to 45 degrees.
 RESIZE_SHORT = 256
 MAX_ROTATION_DEG = 45.0
 SHUFFLE_BUFFER = 512
@@ -49,8 +46,8 @@ _FEATURES = dict(
 )
 
 
-def clip_offsets(num_frames, num_past=tc_ops.NUM_PAST, frame_gap=FRAME_GAP,
-                 target_offset=TARGET_OFFSET):
+def clip_offsets(num_frames, num_past=tc_ops.NUM_PAST, frame_gap=clip_layout.FRAME_GAP,
+                 target_offset=clip_layout.TARGET_OFFSET):
     """Frame offsets of a clip relative to its start: (num_past + 1,) int32, target last.
 
     Nominally [0, g, ..., (k-1)g, target_offset]. A video with fewer than target_offset + 1
@@ -184,8 +181,8 @@ def video_records(files, *, shuffle=True, seed=None, deterministic=False, repeat
                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
 
-def clip_dataset(shards, *, batch_size, num_past=tc_ops.NUM_PAST, frame_gap=FRAME_GAP,
-                 target_offset=TARGET_OFFSET, crop_size=tc_ops.CROP_SIZE,
+def clip_dataset(shards, *, batch_size, num_past=tc_ops.NUM_PAST, frame_gap=clip_layout.FRAME_GAP,
+                 target_offset=clip_layout.TARGET_OFFSET, crop_size=tc_ops.CROP_SIZE,
                  resize_short=RESIZE_SHORT, patch_size=None, max_rotation_deg=MAX_ROTATION_DEG,
                  rotation_scale=None, shuffle_buffer=SHUFFLE_BUFFER, seed=None,
                  deterministic=False, repeat=True, input_context=None):

@@ -41,13 +41,13 @@ import time
 from absl import logging
 
 from tc_keras import atomic
-from tc_keras.data import pool, records, video
+from tc_keras.data import clip_layout, pool, records, video
 
 # docs/METHOD.md, "Training data and schedule": frames at 12 fps, height 256.
 DEFAULT_FPS = 12.0
 DEFAULT_HEIGHT = 256
-# A clip needs frames s .. s + 15 (target offset 15), i.e. 16 frames.
-DEFAULT_MIN_FRAMES = 16
+# A clip needs frames s .. s + target offset.
+DEFAULT_MIN_FRAMES = clip_layout.CLIP_FRAMES
 SHARD_PATTERN = "shard-{index:05d}-of-{count:05d}.tfrecord"
 _SHARD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})\.tfrecord$")
 

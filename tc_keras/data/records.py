@@ -18,8 +18,6 @@ import struct
 
 from PIL import Image
 
-FEATURE_KEYS = ("id", "frames", "num_frames", "height", "width", "fps")
-
 
 def jpeg_bytes(frame, quality=90):
     """uint8 (H, W, 3) RGB frame -> JPEG bytes."""

@@ -100,10 +100,3 @@ class VideoWriter:
         if self._staged is not None:
             self._staged.discard()
 
-
-def write_video(path, frames, fps, **kwargs):
-    """Writes an iterable of uint8 (H, W, 3) RGB frames to an H.264 mp4; returns the path."""
-    with VideoWriter(path, fps, **kwargs) as writer:
-        for frame in frames:
-            writer.write(frame)
-    return writer.path

@@ -8,6 +8,8 @@ command-line spec (identity, random, a workdir, a .keras or .weights.h5 file) in
 """
 
 import pathlib
+import zipfile
+import zlib
 
 import keras
 import tensorflow as tf
@@ -125,6 +127,8 @@ def load_encoder_model(spec, depth=DEFAULT_DEPTH, seed=DEFAULT_SEED, flag="--enc
     if not path.is_file():
         expected = f" (expected {ENCODER_CHOICES})" if flag == "--encoder" else ""
         raise ValueError(f"{flag} {spec}: no such file or folder{expected}")
+    if path.suffix == ".keras":
+        _check_zip(path, flag)
     try:
         if path.name.endswith(".weights.h5"):
             encoder = ResNetEncoder(depth=depth)
@@ -137,3 +141,19 @@ def load_encoder_model(spec, depth=DEFAULT_DEPTH, seed=DEFAULT_SEED, flag="--enc
     except (ValueError, OSError, KeyError, TypeError) as e:
         raise ValueError(f"{flag} {path}: cannot load ({str(e).splitlines()[0]})") from None
     return model if path.name.endswith(".weights.h5") else encoder
+
+
+def _check_zip(path, flag):
+    """Raises ValueError naming `path` unless it is a whole zip archive, as a .keras file is
+    (Keras says "File not found" for a file it cannot open as one)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()  # reads every member against its CRC
+    except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as e:
+        reason = str(e) or type(e).__name__
+    else:
+        if bad is None:
+            return
+        reason = f"{bad} fails its CRC check"
+    raise ValueError(f"{flag} {path}: not a readable .keras file (truncated or corrupt zip: "
+                     f"{reason})")

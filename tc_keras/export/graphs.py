@@ -43,10 +43,7 @@ Shape legend: B batch, H W frame size, M context frames, N = h*w feature positio
 positions, C channels, K label channels.
 """
 
-import contextlib
-import io
 import pathlib
-import re
 
 import keras
 import tensorflow as tf
@@ -186,15 +183,6 @@ def convert_tflite(saved_model_dir, quantize=None):
     if quantize == "fp16":
         converter.target_spec.supported_types = [tf.float16]
     return converter.convert()
-
-
-def tflite_ops(model):
-    """Names of the ops in every subgraph of a .tflite (path or bytes), from TF's analyzer."""
-    out = io.StringIO()
-    kwargs = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
-    with contextlib.redirect_stdout(out):
-        tf.lite.experimental.Analyzer.analyze(**kwargs)
-    return set(re.findall(r"^\s*Op#\d+ (\w+)\(", out.getvalue(), flags=re.M))
 
 
 def tflite_path(model_dir, quantize=None):

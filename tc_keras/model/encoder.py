@@ -23,7 +23,7 @@ from tc_keras.model import initializers
 from tc_keras import ops as tops
 
 # Blocks per stage (res2, res3, res4) of the standard ResNets; res5 is removed.
-_STAGES = {18: (2, 2, 2), 50: (3, 4, 6)}
+STAGES = {18: (2, 2, 2), 50: (3, 4, 6)}
 # Width of each stage; bottleneck blocks expand by 4.
 _WIDTHS = (64, 128, 256)
 # Stride of each stage after the stem: res4 keeps stride 1 (docs/METHOD.md, "Encoder") -> total stride 8.
@@ -128,8 +128,8 @@ class ResNetEncoder(layers.Layer):
     def __init__(self, depth=50, out_channels=512, normalize=True, sync_batchnorm=False,
                  padding="same", **kwargs):
         super().__init__(**kwargs)
-        if depth not in _STAGES:
-            raise ValueError(f"ResNetEncoder depth must be one of {sorted(_STAGES)}, got {depth!r}")
+        if depth not in STAGES:
+            raise ValueError(f"ResNetEncoder depth must be one of {sorted(STAGES)}, got {depth!r}")
         if padding not in PADDINGS:
             raise ValueError(f"ResNetEncoder padding must be one of {PADDINGS}, got {padding!r}")
         self.depth = depth
@@ -146,7 +146,7 @@ class ResNetEncoder(layers.Layer):
                                              padding="same" if padding == "same" else "valid")
         self.blocks = []
         in_ch = 64
-        for stage, (count, width, stride) in enumerate(zip(_STAGES[depth], _WIDTHS,
+        for stage, (count, width, stride) in enumerate(zip(STAGES[depth], _WIDTHS,
                                                              _STAGE_STRIDES)):
             out_ch = width * 4 if bottleneck else width
             for i in range(count):

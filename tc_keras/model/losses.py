@@ -23,6 +23,15 @@ SIMILARITIES = ("inlier", "inner_product")
 INLIER_EPSILON = 1e-5
 
 
+def check_similarity(similarity, sim_theta_grad=True):
+    """Raises ValueError unless `similarity` is one of SIMILARITIES, and `sim_theta_grad` False
+    only with "inlier" (the one term whose gradient to theta can be stopped; see cycle_losses)."""
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+    if not sim_theta_grad and similarity != "inlier":
+        raise ValueError("sim_theta_grad=False applies to similarity 'inlier' only")
+
+
 def theta_loss(theta_pred, theta_true, num_points=THETA_GRID_POINTS):
     """l_theta per example: mean over a warped point grid of the squared point distance.
 
@@ -83,7 +92,7 @@ def inner_product_score(query, tracked):
     return ops.mean(ops.sum(query * tracked, axis=-1), axis=(1, 2))
 
 
-def cycle_losses(outputs, theta_true, feature_size, similarity="inlier",
+def cycle_losses(outputs, theta_true, feature_size, *, similarity="inlier",
                  long_weight=LONG_WEIGHT, skip_weight=SKIP_WEIGHT, sim_weight=SIM_WEIGHT,
                  self_weight=SELF_WEIGHT, sim_theta_grad=True):
     """All TimeCycle terms for one batch.
@@ -104,10 +113,7 @@ def cycle_losses(outputs, theta_true, feature_size, similarity="inlier",
       dict of scalars: `loss` (weighted total), `long`, `skip`, `sim`, `self`, and `long_i`,
       `skip_i`, `sim_i` for i = 1..k (i = how many frames back).
     """
-    if similarity not in SIMILARITIES:
-        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
-    if not sim_theta_grad and similarity != "inlier":
-        raise ValueError("sim_theta_grad=False applies to the inlier similarity only")
+    check_similarity(similarity, sim_theta_grad)
     batch, k = ops.shape(outputs["theta_long"])[0], outputs["theta_long"].shape[1]
 
     def per_step(values):  # (B*k,) per example and step -> (k,) means over the batch

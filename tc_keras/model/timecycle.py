@@ -92,10 +92,7 @@ class TimeCycle(keras.Model):
                  freeze_encoder=False, grad_clip_norm=GRAD_CLIP_NORM, sync_batchnorm=False,
                  encoder_padding="same", bn_groups="separate", **kwargs):
         super().__init__(**kwargs)
-        if similarity not in tlosses.SIMILARITIES:
-            raise ValueError(f"similarity must be one of {tlosses.SIMILARITIES}, got {similarity!r}")
-        if not sim_theta_grad and similarity != "inlier":
-            raise ValueError("sim_theta_grad=False applies to the inlier similarity only")
+        tlosses.check_similarity(similarity, sim_theta_grad)
         if bn_groups not in BN_GROUPS:
             raise ValueError(f"bn_groups must be one of {BN_GROUPS}, got {bn_groups!r}")
         check_crop_size(crop_size)
@@ -213,9 +210,10 @@ class TimeCycle(keras.Model):
     def compute_losses(self, batch, outputs):
         """`losses.cycle_losses` of a batch and this model's outputs, with its weights."""
         return tlosses.cycle_losses(
-            outputs, batch["theta"], (self.feature_size, self.feature_size), self.similarity,
-            self.long_weight, self.skip_weight, self.sim_weight, self.self_weight,
-            self.sim_theta_grad)
+            outputs, batch["theta"], (self.feature_size, self.feature_size),
+            similarity=self.similarity, long_weight=self.long_weight,
+            skip_weight=self.skip_weight, sim_weight=self.sim_weight,
+            self_weight=self.self_weight, sim_theta_grad=self.sim_theta_grad)
 
     # ----------------------------------------------------------------------------- training
     def step_variables(self):

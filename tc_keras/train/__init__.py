@@ -2,6 +2,7 @@
 callbacks.
 
 config (flags made from dataclass fields; the only config -> kwargs mappings), trainer (strategy,
-data, fit, resume), checkpoints (a run's training state), monitor (log lines, TensorBoard).
+fit, resume), sources (--data into shard files, the clip datasets), checkpoints (a run's training
+state), monitor (log lines, TensorBoard).
 May import every other folder; no other folder imports it.
 """

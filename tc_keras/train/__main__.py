@@ -1,12 +1,12 @@
 """`python -m tc_keras.train --flagfile=configs/vlog.flags`: the training entry point."""
 
-from tc_keras import cli  # noqa: F401 (first: quiets TensorFlow's start-up)
+from tc_keras import cli
 
-from absl import app  # noqa: E402
+cli.quiet_tensorflow()  # before the imports below load TensorFlow (see tc_keras/cli.py)
 
-from tc_keras.train import config as tconfig  # noqa: E402
-from tc_keras.train import trainer  # noqa: E402
+from tc_keras.train import config as tconfig
+from tc_keras.train import trainer
 
 if __name__ == "__main__":
     tconfig.define_flags()
-    app.run(trainer.main)
+    cli.run(trainer.main)

@@ -17,7 +17,7 @@ from absl import flags
 from tc_keras.model import losses as tlosses
 from tc_keras.model import timecycle as tmodel
 from tc_keras import ops as tops
-from tc_keras.data import pipeline, synthetic
+from tc_keras.data import clip_layout, pipeline, synthetic
 
 ENCODERS = {"resnet18": 18, "resnet50": 50}
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
@@ -44,8 +44,8 @@ class DataConfig:
     synthetic_frames: int = _field(synthetic.FRAMES, "Frames per synthetic video (count).")
     synthetic_size: int = _field(synthetic.SIZE, "Height and width of synthetic videos (px).")
     num_past: int = _field(tops.NUM_PAST, "k, past frames per clip (count).")
-    frame_gap: int = _field(pipeline.FRAME_GAP, "Gap between past frames at 12 fps (frames).")
-    target_offset: int = _field(pipeline.TARGET_OFFSET, "Target frame after the first past "
+    frame_gap: int = _field(clip_layout.FRAME_GAP, "Gap between past frames at 12 fps (frames).")
+    target_offset: int = _field(clip_layout.TARGET_OFFSET, "Target frame after the first past "
                                 "frame (frames).")
     crop_size: int = _field(tops.CROP_SIZE, "Square training crop (px, a multiple of 24, at "
                             "least 168).")
@@ -104,14 +104,14 @@ class ModelConfig:
     def __post_init__(self):
         _check(self.encoder in ENCODERS, f"--encoder must be one of {sorted(ENCODERS)}, "
                f"got {self.encoder!r}")
-        _check(self.similarity in tlosses.SIMILARITIES,
-               f"--similarity must be one of {tlosses.SIMILARITIES}, got {self.similarity!r}")
+        try:
+            tlosses.check_similarity(self.similarity, self.sim_theta_grad)
+        except ValueError as e:
+            raise ValueError(f"--{e}") from None
         for name in ("long_weight", "skip_weight", "sim_weight", "self_weight"):
             _check(getattr(self, name) >= 0, f"--{name} must be >= 0")
         _check(self.bn_groups in tmodel.BN_GROUPS,
                f"--bn_groups must be one of {tmodel.BN_GROUPS}, got {self.bn_groups!r}")
-        _check(self.sim_theta_grad or self.similarity == "inlier",
-               "--nosim_theta_grad applies to --similarity=inlier only")
 
 
 @dataclasses.dataclass(frozen=True)

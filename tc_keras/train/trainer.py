@@ -12,30 +12,27 @@ it was; a run stopped by an error keeps the steps it did in a checkpoint, for th
 but does not write `encoder.keras` (only periodic checkpoints and the end of training do).
 """
 
-import contextlib
 import json
 import math
 import os
 import pathlib
 import signal
 
-from tc_keras import cli  # first: quiets TensorFlow's start-up
+import keras
+import tensorflow as tf
+from absl import app, flags, logging
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-from tc_keras import atomic  # noqa: E402
-from tc_keras.train import checkpoints  # noqa: E402
-from tc_keras.train import config as tconfig  # noqa: E402
-from tc_keras.train.checkpoints import training_checkpoint  # noqa: E402
-from tc_keras.data import pipeline, prepare, shard_files, synthetic  # noqa: E402
-from tc_keras.export.encoder_io import CONFIG_FILE, ENCODER_FILE, save_encoder  # noqa: E402
-from tc_keras.train.monitor import RotationRamp, TrainingMonitor  # noqa: E402
+from tc_keras import atomic
+from tc_keras.export.encoder_io import CONFIG_FILE, ENCODER_FILE, save_encoder
+from tc_keras.train import checkpoints, sources
+from tc_keras.train import config as tconfig
+from tc_keras.train.checkpoints import training_checkpoint
+from tc_keras.train.monitor import RotationRamp, TrainingMonitor
 
 
-class RunError(Exception):
-    """A run that cannot go on for a reason the user can fix; the message names the file or flag."""
+class RunError(ValueError):
+    """A run that cannot go on for a reason the user can fix; the message names the file or flag.
+    A ValueError: `tc_keras.cli.run` shows it as one `error:` line."""
 
 
 def make_strategy(name):
@@ -67,68 +64,11 @@ def task_dir(workdir, strategy):
     return pathlib.Path(workdir) / "workers" / f"{task_type}-{task_id}"
 
 
-def resolve_data(config, workdir):
-    """Shard files for --data (comma-separated sources).
-
-    `synthetic` generates and prepares that corpus first; a video list file (.txt, see
-    `prepare.find_videos`) or a folder of videos with no shards is prepared (12 fps, height 256)
-    into <workdir>/prepared/<name>; anything else names prepared shards.
-    """
-    d = config.data
-    shards = []
-    for source in [s.strip() for s in d.data.split(",") if s.strip()]:
-        if source == tconfig.SYNTHETIC:
-            logging.info("Generating and preparing %d synthetic videos in %s/data",
-                         d.synthetic_videos, workdir)
-            source = synthetic.prepared_corpus(
-                pathlib.Path(workdir) / "data", num_videos=d.synthetic_videos,
-                frames=d.synthetic_frames, size=(d.synthetic_size, d.synthetic_size),
-                seed=config.train.seed)
-        elif _is_video_source(source):
-            out = pathlib.Path(workdir) / "prepared" / pathlib.Path(source).stem
-            logging.info("Preparing the videos of %s in %s", source, out)
-            try:
-                prepare.prepare(source, out)
-            except prepare.NothingStored as e:
-                raise RunError(str(e)) from None
-            source = out
-        shards += shard_files.resolve_shards(source)
-    return sorted(set(shards))
-
-
-def _is_video_source(source):
-    """A list file of videos (.txt) or a folder of videos that holds no prepared shards."""
-    path = pathlib.Path(source)
-    if path.is_file():
-        return path.suffix == ".txt"
-    return path.is_dir() and not any(path.glob("*.tfrecord"))
-
-
-def count_videos(shards):
-    """Videos (records) in the shards: from manifest.jsonl beside them, else by reading."""
-    manifests = {pathlib.Path(s).parent / "manifest.jsonl" for s in shards}
-    if all(m.is_file() for m in manifests):
-        names = {pathlib.Path(s).name for s in shards}
-        rows = [json.loads(line) for m in manifests for line in m.read_text().splitlines() if line]
-        return sum(1 for r in rows if pathlib.Path(str(r.get("shard", ""))).name in names) or len(rows)
-    return int(tf.data.TFRecordDataset(shards).reduce(0, lambda n, _: n + 1))
-
-
 def total_steps(config, num_videos):
     t = config.train
     if t.train_steps:
         return t.train_steps
     return max(1, t.epochs * math.ceil(num_videos / t.batch_size))
-
-
-def make_dataset(config, shards, strategy, seed, rotation_scale=None):
-
-    d = config.data
-    kwargs = dict(tconfig.clip_kwargs(config), shuffle_buffer=d.shuffle_buffer, seed=seed,
-                  deterministic=d.deterministic, rotation_scale=rotation_scale)
-    if strategy.num_replicas_in_sync > 1 or hasattr(strategy, "cluster_resolver"):
-        return pipeline.distributed_clip_dataset(strategy, shards, config.train.batch_size, **kwargs)
-    return pipeline.clip_dataset(shards, batch_size=config.train.batch_size, **kwargs)
 
 
 def cpu_has_bfloat16(cpuinfo="/proc/cpuinfo"):
@@ -164,24 +104,9 @@ def run(config):
     atomic.write_text(out_dir / CONFIG_FILE, config.to_json() + "\n")
 
     # Each task of a multi-worker run generates its own (identical, seeded) synthetic corpus.
-    shards = resolve_data(config, out_dir)
-    with _naming_bad_shards(shards):
+    shards = sources.resolve_data(config, out_dir)
+    with sources.naming_bad_shards(shards):
         return _train(config, strategy, out_dir, shards)
-
-
-@contextlib.contextmanager
-def _naming_bad_shards(shards):
-    """Turns tf.data's DataLossError (no file named) into a RunError naming the bad shard."""
-    try:
-        yield
-    except tf.errors.DataLossError as e:
-        logging.info("Reading the %d shard(s) to find the bad one", len(shards))
-        for shard in shards:
-            reason = shard_files.check_shard(shard)
-            if reason:
-                raise RunError(shard_files.bad_shard_message(shard, reason)) from None
-        raise RunError(f"training data: {e.message.strip().splitlines()[0]} (check the shards "
-                       "with tools/prepare_vlog.py --verify --out DIR)") from None
 
 
 def _restore_newest_intact(checkpoint, manager):
@@ -204,16 +129,19 @@ def _restore_newest_intact(checkpoint, manager):
 
 def _train(config, strategy, out_dir, shards):
     t = config.train
-    num_videos = count_videos(shards)
+    num_videos = sources.count_videos(shards)
     steps = total_steps(config, num_videos)
     logging.info("%d shard(s), %d videos, %d steps of %d clips on %d replica(s)", len(shards),
                  num_videos, steps, t.batch_size, strategy.num_replicas_in_sync)
 
+    # ---- build: the model and its optimizer, under the strategy
     with strategy.scope():
         model = tconfig.build_model(config)
         model.build_from_crop()
         model.compile(optimizer=keras.optimizers.Adam(t.learning_rate, beta_1=t.beta_1,
                                                       beta_2=t.beta_2))
+
+    # ---- restore: the newest checkpoint that reads back whole; `save` writes the next one
     # The config travels inside the checkpoint (a plain local variable: strings cannot be mirrored).
     checkpoint = training_checkpoint(
         model, config=tf.Variable(config.to_json(), trainable=False))
@@ -230,36 +158,26 @@ def _train(config, strategy, out_dir, shards):
             save_encoder(model.encoder, out_dir / ENCODER_FILE)
         logging.info("Saved %s (%s)", path, reason)
 
+    # ---- callbacks: log lines, TensorBoard, periodic checkpoints, the rotation ramp
     monitor = TrainingMonitor(save, out_dir / "tb", log_every=t.log_every,
                               checkpoint_every=t.checkpoint_every, image_every=t.image_every,
-                              vis_batch=_vis_batch(config, shards) if t.image_every else None)
-    callbacks = [monitor]
-    rotation_scale = None
-    if config.data.rotation_ramp_steps:
-        rotation_scale = tf.Variable(min(1.0, step / config.data.rotation_ramp_steps),
-                                     trainable=False, name="rotation_scale")
-        callbacks.insert(0, RotationRamp(rotation_scale, config.data.rotation_ramp_steps))
+                              vis_batch=sources.vis_batch(config, shards) if t.image_every else None)
+    rotation_scale, callbacks = _with_rotation_ramp(config, step, [monitor])
+
+    # ---- train: phase by phase (encoder frozen, then trained); SIGTERM stops it as Ctrl-C does
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     finite, failed = True, False
     try:
-        phases = []
-        if step < t.freeze_encoder_steps:
-            phases.append((True, min(t.freeze_encoder_steps, steps)))
-        phases.append((False, steps))
-        for frozen, until in phases:
+        for frozen, until in phases(step, steps, t.freeze_encoder_steps):
             if step >= until:
                 continue
             model.set_encoder_frozen(frozen)
             logging.info("Steps %d..%d with the encoder %s", step, until,
                          "frozen (tracker only)" if frozen else "trained")
-            data = make_dataset(config, shards, strategy, seed=t.seed + step,
-                                rotation_scale=rotation_scale)
+            data = sources.make_dataset(config, shards, strategy, seed=t.seed + step,
+                                        rotation_scale=rotation_scale)
             monitor.stop_at = until
-            per_epoch = min(t.checkpoint_every, until - step)
-            # shuffle=False: the dataset shuffles itself (fit's default True only warns).
-            model.fit(data, epochs=math.ceil((until - step) / per_epoch),
-                      steps_per_epoch=per_epoch, callbacks=callbacks, verbose=0, shuffle=False)
-            step = int(model.optimizer.iterations.numpy())
+            step = _fit(model, data, callbacks, step, until, t.checkpoint_every)
     except FloatingPointError:
         finite = False
         raise
@@ -267,6 +185,7 @@ def _train(config, strategy, out_dir, shards):
         failed = True  # e.g. a bad shard: keep the steps for the rerun, but no encoder.keras
         raise
     finally:
+        # ---- save on exit: the steps since the last checkpoint (no encoder.keras if it failed)
         signal.signal(signal.SIGTERM, previous)
         done = int(model.optimizer.iterations.numpy())
         if finite and done != monitor.last_saved:
@@ -275,12 +194,34 @@ def _train(config, strategy, out_dir, shards):
     return step
 
 
-def _vis_batch(config, shards):
-    """A fixed batch of up to 4 clips to draw tracked patches on."""
-    ds = pipeline.clip_dataset(shards, batch_size=min(4, config.train.batch_size),
-                               shuffle_buffer=8, seed=1234, deterministic=True,
-                               **tconfig.clip_kwargs(config))
-    return next(iter(ds))
+def phases(step, steps, freeze_encoder_steps):
+    """[(encoder frozen, until step)]: the tracker alone for the first freeze_encoder_steps
+    steps (those not done yet), then end to end up to `steps`."""
+    phases = []
+    if step < freeze_encoder_steps:
+        phases.append((True, min(freeze_encoder_steps, steps)))
+    phases.append((False, steps))
+    return phases
+
+
+def _fit(model, data, callbacks, step, until, checkpoint_every):
+    """Fits from `step` to `until` (where the monitor stops it) in epochs of at most
+    `checkpoint_every` steps; returns the step reached."""
+    per_epoch = min(checkpoint_every, until - step)
+    # shuffle=False: the dataset shuffles itself (fit's default True only warns).
+    model.fit(data, epochs=math.ceil((until - step) / per_epoch), steps_per_epoch=per_epoch,
+              callbacks=callbacks, verbose=0, shuffle=False)
+    return int(model.optimizer.iterations.numpy())
+
+
+def _with_rotation_ramp(config, step, callbacks):
+    """(rotation scale variable the pipeline reads, callbacks): with --rotation_ramp_steps, a
+    RotationRamp first, the scale starting where a resumed run left it; else (None, callbacks)."""
+    ramp_steps = config.data.rotation_ramp_steps
+    if not ramp_steps:
+        return None, callbacks
+    scale = tf.Variable(min(1.0, step / ramp_steps), trainable=False, name="rotation_scale")
+    return scale, [RotationRamp(scale, ramp_steps), *callbacks]
 
 
 def _raise_interrupt(signum, frame):
@@ -288,19 +229,16 @@ def _raise_interrupt(signum, frame):
 
 
 def main(argv):
+    """The absl main of `python -m tc_keras.train`, run by `tc_keras.cli.run`: user errors (a bad
+    flag value, missing or unusable data, a workdir of another run) are ValueErrors or OSErrors,
+    which it shows as one `error:` line; so is a non-finite loss."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        config = tconfig.Config.from_flags(flags.FLAGS)
-    except ValueError as e:
-        raise app.UsageError(str(e))
+    config = tconfig.Config.from_flags(flags.FLAGS)
     try:
         step = run(config)
-    except FloatingPointError as e:
-        logging.error("%s", e)
-        cli.fail(e)
-    except (FileNotFoundError, RunError) as e:
-        cli.fail(e)
+    except FloatingPointError as e:  # the monitor stopped the run (its message says why)
+        raise RunError(str(e)) from None
     next_steps(config.train.workdir, step)
 
 
