@@ -1,5 +1,8 @@
 """`python -m tc_keras.train --flagfile=configs/vlog.flags`: flags -> config -> strategy -> fit.
 
+`--objective` picks the model and its clips (tc_keras.train.config.build_model, clip_source):
+TimeCycle's cycle (the default) or the contrastive random walk; the rest of the run is shared.
+
 The workdir holds everything of a run: `config.json` (the resolved config), `ckpt/` (model,
 optimizer, step and config in a tf.train.Checkpoint), `encoder.keras` (the encoder alone, for
 tools/propagate.py and tools/export.py), `tb/` (TensorBoard) and, for `--data=synthetic`, `data/`.
@@ -9,6 +12,8 @@ optimizer state intact. The model flags of a rerun must match the workdir's conf
 named. Such problems stop the run with one `error:` line: a rerun with other flags leaves the
 workdir as it was; a run stopped by an error keeps the steps it did in a checkpoint, for the rerun,
 but does not write `encoder.keras` (only periodic checkpoints and the end of training do).
+`--init_from` starts a new run's encoder from another folder's `encoder.keras` (checked before
+anything is written; ignored when the workdir resumes).
 """
 
 import contextlib
@@ -123,11 +128,15 @@ def total_steps(config, num_videos):
 def make_dataset(config, shards, strategy, seed, rotation_scale=None):
 
     d = config.data
-    kwargs = dict(tconfig.clip_kwargs(config), shuffle_buffer=d.shuffle_buffer, seed=seed,
-                  deterministic=d.deterministic, rotation_scale=rotation_scale)
+    make, clips = tconfig.clip_source(config)  # the objective's clips
+    kwargs = dict(clips, shuffle_buffer=d.shuffle_buffer, seed=seed,
+                  deterministic=d.deterministic)
+    if rotation_scale is not None:
+        kwargs.update(rotation_scale=rotation_scale)
     if strategy.num_replicas_in_sync > 1 or hasattr(strategy, "cluster_resolver"):
-        return pipeline.distributed_clip_dataset(strategy, shards, config.train.batch_size, **kwargs)
-    return pipeline.clip_dataset(shards, batch_size=config.train.batch_size, **kwargs)
+        return pipeline.distributed_clip_dataset(strategy, shards, config.train.batch_size,
+                                                 make=make, **kwargs)
+    return make(shards, batch_size=config.train.batch_size, **kwargs)
 
 
 def cpu_has_bfloat16(cpuinfo="/proc/cpuinfo"):
@@ -154,6 +163,11 @@ def run(config):
     if conflicts:
         raise RunError(f"{out_dir} holds a run with other flags: {'; '.join(conflicts)}. Rerun "
                        "with the stored values, or use a new --workdir")
+    if t.init_from and not tf.train.latest_checkpoint(str(out_dir / "ckpt")):
+        try:  # an encoder that does not fit stops a new run before it writes anything
+            checkpoints.load_init_encoder(t.init_from, tconfig.build_model(config).encoder)
+        except ValueError as e:
+            raise RunError(str(e)) from None
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out_dir / CONFIG_FILE, config.to_json() + "\n")
 
@@ -206,13 +220,17 @@ def _train(config, strategy, out_dir, shards):
     with strategy.scope():
         model = tconfig.build_model(config)
         model.build_from_crop()
-        model.compile(optimizer=keras.optimizers.Adam(t.learning_rate, beta_1=t.beta_1,
-                                                      beta_2=t.beta_2))
+        model.compile(optimizer=keras.optimizers.Adam(tconfig.learning_rate(config),
+                                                      beta_1=t.beta_1, beta_2=t.beta_2))
     # The config travels inside the checkpoint (a plain local variable: strings cannot be mirrored).
     checkpoint = training_checkpoint(
         model, config=tf.Variable(config.to_json(), trainable=False))
     manager = tf.train.CheckpointManager(checkpoint, str(out_dir / "ckpt"), max_to_keep=3)
-    _restore_newest_intact(checkpoint, manager)
+    if _restore_newest_intact(checkpoint, manager) is None and t.init_from:
+        try:
+            logging.info("Encoder from %s", checkpoints.init_encoder(model.encoder, t.init_from))
+        except ValueError as e:
+            raise RunError(str(e)) from None
     step = int(model.optimizer.iterations.numpy())
     if step >= steps:
         logging.info("Already at step %d of %d: nothing to do", step, steps)
@@ -226,7 +244,8 @@ def _train(config, strategy, out_dir, shards):
 
     monitor = TrainingMonitor(save, out_dir / "tb", log_every=t.log_every,
                               checkpoint_every=t.checkpoint_every, image_every=t.image_every,
-                              vis_batch=_vis_batch(config, shards) if t.image_every else None)
+                              vis_batch=_vis_batch(config, shards)
+                              if t.image_every and config.model.objective == "cycle" else None)
     callbacks = [monitor]
     rotation_scale = None
     if config.data.rotation_ramp_steps:
