@@ -312,7 +312,8 @@ def test_walk_objective_trains_resumes_and_a_rerun_with_the_cycle_is_refused(tmp
     assert "Steps 2..4" in resumed.stderr and (workdir / "ckpt" / "ckpt-4.index").exists()
     assert "Warning" not in resumed.stderr and "All log messages before absl" not in resumed.stderr
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["step"] == 4 and {"loss", "acc", "xent_2", "acc_2", "grad_norm"} <= set(rows[-1])
+    assert rows[-1]["step"] == 4
+    assert {"loss", "acc", "xent_2", "acc_2", "grad_norm"} <= set(rows[-1])
     encoder = keras.saving.load_model(workdir / "encoder.keras")
     assert encoder(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 4, 4, 256)
 

@@ -168,7 +168,8 @@ def test_frozen_encoder_trains_only_what_follows_it():
     enc0 = [np.array(w) for w in model.encoder.trainable_weights]
     head0 = np.array(model.head.kernel)
     model.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)
-    assert all(np.array_equal(a, np.array(b)) for a, b in zip(enc0, model.encoder.trainable_weights))
+    assert all(np.array_equal(a, np.array(b))
+               for a, b in zip(enc0, model.encoder.trainable_weights))
     assert not np.array_equal(head0, np.array(model.head.kernel))
 
 
@@ -184,7 +185,8 @@ def test_mini_run_overfits_one_batch():
 def test_two_replica_mirrored_step_equals_single_device_step():
     if len(tf.config.list_logical_devices("CPU")) < 2:
         pytest.skip("needs two logical CPU devices (set up in conftest before TF initialises)")
-    # No edge dropout (each replica draws its own); SGD shows a wrongly scaled gradient.
+    # No edge dropout (the replicas' patterns, drawn per replica batch, are not one device's);
+    # SGD shows a wrongly scaled gradient.
     kw = dict(sync_batchnorm=True, edge_dropout=0.0, res5=False)
     single = small_model(keras.optimizers.SGD(0.5), **kw)
     init = single.get_weights()
