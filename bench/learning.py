@@ -206,9 +206,9 @@ def summary_row(rows):
 
 def print_table(table, header):
     print(f"\n{header}")
-    print(f"  {'encoder':<20}" + "".join(f"{c:>10}" for c in COLUMNS))
+    print(f"  {'encoder':<20}" + "".join(f"{c:>11}" for c in COLUMNS))
     for name, row in table.items():
-        print(f"  {name:<20}" + "".join(f"{row[c]:10.4f}" if c in row else f"{'':>10}"
+        print(f"  {name:<20}" + "".join(f"{row[c]:11.4f}" if c in row else f"{'':>11}"
                                         for c in COLUMNS))
 
 
@@ -267,8 +267,9 @@ def main(argv):
     for name, ends in curves.items():
         print(f"  {name} loss terms, first -> last 5 logged points: " + ", ".join(
             f"{t} {a:.4f} -> {b:.4f}" for t, (a, b) in ends.items()))
-    for (objective, seed), path in runs.items():
-        print(f"  loss curve: {path / 'loss_curve.png'}")
+    for path in runs.values():
+        if (path / "loss_curve.png").exists():
+            print(f"  loss curve: {path / 'loss_curve.png'}")
 
 
 if __name__ == "__main__":
