@@ -1,24 +1,30 @@
 """Does training learn correspondence? Train at laptop scale, then compare with the baselines.
 
     python bench/learning.py                          # 2 seeds of configs/cpu_small.flags (~50 min)
+    python bench/learning.py --objective both         # and of configs/walk_small.flags (~100 min)
     python bench/learning.py --skip_train             # evaluate the existing runs again
     python bench/learning.py --workdir runs/ablation --seeds 0 --nobaselines \
         --train_flags=--nosim_theta_grad              # one ablation (flags on top of the config)
 
-1. Trains `python -m tc_keras.train --flagfile=configs/cpu_small.flags --workdir=<workdir>/seed<s>
-   --seed=<s>` for each of --seeds (resumes when the run has checkpoints). The flagfile names the
-   training data (configs/cpu_small_videos.txt, prepared into each run's workdir, plus synthetic
-   videos); nothing here overrides it but --train_flags.
-2. Asks each trained tracker what it does on the real training clips (bench/localizer_probe.py):
-   l_theta of the patch found in its own frame, in frame t-1 and over the skip-1 cycle against
-   always answering the mean theta, and the inlier score at the localizer's theta against chance.
-3. Propagates with identity, random-init (same architecture, seed 0), the same random-init encoder
-   with its BatchNorm statistics re-estimated on training clips (so that a margin is not just
-   BatchNorm statistics) and each trained encoder, on the DAVIS dev sequences training did not see
-   (--eval_sequences) and on the JHMDB clip, with one protocol for all (--size), and scores them
-   with tools/evaluate.py (DAVIS-2017 J/F, the follow-up work's PCK).
-4. Prints one table (each seed, and the trained encoders' mean and spread) and writes
-   <workdir>/learning.json and each run's loss curve <workdir>/seed<s>/loss_curve.png.
+1. Trains `python -m tc_keras.train --flagfile=<the objective's flagfile> --workdir=<run>
+   --seed=<s>` for each objective (--objective: cycle = configs/cpu_small.flags, runs in
+   <workdir>/seed<s>; walk = configs/walk_small.flags, the contrastive random walk, runs in
+   <workdir>/walk_seed<s>) and each of --seeds (resumes when the run has checkpoints). The two
+   flagfiles train on the same videos (configs/cpu_small_videos.txt, prepared into each run's
+   workdir, plus the same synthetic videos) for about the same wall time on a 2-core CPU; nothing
+   here overrides them but --train_flags (given to every run).
+2. Asks each trained tracker (cycle runs) what it does on the real training clips
+   (bench/localizer_probe.py): l_theta of the patch found in its own frame, in frame t-1 and over
+   the skip-1 cycle against always answering the mean theta, and the inlier score at the
+   localizer's theta against chance.
+3. Propagates with identity, random-init (each objective's architecture, seed 0), the cycle's
+   random-init encoder with its BatchNorm statistics re-estimated on training clips (so that a
+   margin is not just BatchNorm statistics) and each trained encoder, on the DAVIS dev sequences
+   training did not see (--eval_sequences) and on the JHMDB clip, with one protocol for all
+   (--size), and scores them with tools/evaluate.py (DAVIS-2017 J/F, the follow-up work's PCK).
+4. Prints one table (each seed, each objective's mean and spread, the training minutes read from
+   the run's metrics.jsonl) and writes <workdir>/learning.json and each run's loss curve
+   <run>/loss_curve.png.
 """
 
 import json
@@ -44,12 +50,17 @@ _SKIP_TRAIN = flags.DEFINE_bool("skip_train", False, "Only evaluate the existing
 _BASELINES = flags.DEFINE_bool("baselines", True, "Also evaluate identity, random-init and "
                                "random-init with re-estimated BatchNorm statistics.")
 _TRAIN_FLAGS = flags.DEFINE_list("train_flags", [], "Extra flags for tc_keras.train, on top of "
-                                 "configs/cpu_small.flags.")
+                                 "each objective's flagfile.")
+_OBJECTIVE = flags.DEFINE_enum("objective", "cycle", ["cycle", "walk", "both"], "Which objective "
+                               "to train and evaluate: TimeCycle's cycle, the contrastive random "
+                               "walk, or both on the same videos.")
 
-FLAGFILE = "configs/cpu_small.flags"
+# Each objective's laptop-scale run: about the same wall time on the same videos.
+FLAGFILES = {"cycle": "configs/cpu_small.flags", "walk": "configs/walk_small.flags"}
 SMOOTH = 5
-COLUMNS = ("J", "F", "J&F", "PCK@0.1", "PCK@0.2", "self", "first", "skip", "mean-theta",
-           "inlier", "chance")
+COLUMNS = ("J", "F", "J&F", "PCK@0.1", "PCK@0.2", "minutes", "self", "first", "skip",
+           "mean-theta", "inlier", "chance")
+LOSS_TERMS = ("loss", "long", "skip", "sim", "self", "acc", "grad_norm")
 
 
 def run(cmd):
@@ -89,6 +100,33 @@ def random_with_batchnorm_statistics(out_dir, run_dir, batches=40):
     out_dir.mkdir(parents=True, exist_ok=True)
     save_encoder(encoder, out)
     return out_dir
+
+
+def random_walk_encoder(out_dir):
+    """<out_dir>/encoder.keras: the contrastive walk's encoder (ResNet-18, no projection, reflect
+    padding) freshly initialised with seed 0, as a walk run starts."""
+    out = out_dir / "encoder.keras"
+    if not out.exists():
+        import keras
+
+        from tc_keras.export.encoder_io import save_encoder
+        from tc_keras.model.encoder import ResNetEncoder
+
+        keras.utils.set_random_seed(0)
+        save_encoder(ResNetEncoder(depth=18, out_channels=None, padding="reflect"), out)
+    return out_dir
+
+
+def training_minutes(metrics_path):
+    """Wall time of a run's training steps (minutes), from its metrics.jsonl: each row's steps
+    since the previous row over its steps per second (start-up and evaluation not counted)."""
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+    rows = sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])
+    seconds, previous = 0.0, 0
+    for r in rows:
+        seconds += (r["step"] - previous) / max(r["steps_per_second"], 1e-9)
+        previous = r["step"]
+    return seconds / 60
 
 
 def evaluate(out, encoder):
@@ -131,7 +169,7 @@ def loss_curve(metrics_path, png_path):
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
     # A resumed run logs again the steps after its last checkpoint: keep the latest row per step.
     rows = sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])
-    terms = [k for k in ("loss", "long", "skip", "sim", "self", "grad_norm") if k in rows[0]]
+    terms = [k for k in LOSS_TERMS if k in rows[0]]
     w, h, pad = 420, 220, 36
     img = Image.new("RGB", (w * len(terms), h), "white")
     draw = ImageDraw.Draw(img)
@@ -170,10 +208,15 @@ def summary_row(rows):
 
 def print_table(table, header):
     print(f"\n{header}")
-    print(f"  {'encoder':<16}" + "".join(f"{c:>10}" for c in COLUMNS))
+    print(f"  {'encoder':<20}" + "".join(f"{c:>11}" for c in COLUMNS))
     for name, row in table.items():
-        print(f"  {name:<16}" + "".join(f"{row[c]:10.4f}" if c in row else f"{'':>10}"
+        print(f"  {name:<20}" + "".join(f"{row[c]:11.4f}" if c in row else f"{'':>11}"
                                         for c in COLUMNS))
+
+
+def run_dir(workdir, objective, seed):
+    """A run's folder: <workdir>/seed<s> for the cycle (as before the walk), walk_seed<s>."""
+    return workdir / (f"seed{seed}" if objective == "cycle" else f"{objective}_seed{seed}")
 
 
 def main(argv):
@@ -183,37 +226,53 @@ def main(argv):
                                 "there)")
     workdir = (ROOT / _WORKDIR.value).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    runs = {int(s): workdir / f"seed{int(s)}" for s in _SEEDS.value}
+    objectives = ["cycle", "walk"] if _OBJECTIVE.value == "both" else [_OBJECTIVE.value]
+    seeds = [int(s) for s in _SEEDS.value]
+    runs = {(o, s): run_dir(workdir, o, s) for o in objectives for s in seeds}
     if not _SKIP_TRAIN.value:
-        for seed, run_dir in runs.items():
-            run([sys.executable, "-m", "tc_keras.train", f"--flagfile={FLAGFILE}",
-                 f"--workdir={run_dir}", f"--seed={seed}", *_TRAIN_FLAGS.value])
+        for (objective, seed), path in runs.items():
+            run([sys.executable, "-m", "tc_keras.train", f"--flagfile={FLAGFILES[objective]}",
+                 f"--workdir={path}", f"--seed={seed}", *_TRAIN_FLAGS.value])
     table, curves = {}, {}
     if _BASELINES.value:
-        random_bn = random_with_batchnorm_statistics(workdir / "random_bn", next(iter(runs.values())))
-        for name, encoder in (("identity", "identity"), ("random-init", "random"),
-                              ("random+BN", str(random_bn))):
+        baselines = [("identity", "identity")]
+        if "cycle" in objectives:
+            random_bn = random_with_batchnorm_statistics(workdir / "random_bn",
+                                                         runs["cycle", seeds[0]])
+            baselines += [("random-init", "random"), ("random+BN", str(random_bn))]
+        if "walk" in objectives:
+            baselines += [("walk random-init", str(random_walk_encoder(workdir / "random_walk")))]
+        for name, encoder in baselines:
             table[name] = evaluate(workdir / "eval" / name, encoder)
-    for seed, run_dir in runs.items():
-        table[f"trained seed {seed}"] = {**evaluate(run_dir / "eval", str(run_dir)),
-                                         **probe(run_dir)}
-        if (run_dir / "metrics.jsonl").exists():
-            curves[seed] = loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
-    trained = [table[f"trained seed {s}"] for s in runs]
-    mean, spread = summary_row(trained)
-    if len(trained) > 1:
-        table["trained mean"] = mean
-        table["trained spread"] = spread
+    for objective in objectives:
+        prefix = "trained" if len(objectives) == 1 else objective
+        for seed in seeds:
+            path = runs[objective, seed]
+            row = evaluate(path / "eval", str(path))
+            if objective == "cycle":
+                row.update(probe(path))
+            if (path / "metrics.jsonl").exists():
+                row["minutes"] = training_minutes(path / "metrics.jsonl")
+                curves[f"{prefix} seed {seed}"] = loss_curve(path / "metrics.jsonl",
+                                                             path / "loss_curve.png")
+            table[f"{prefix} seed {seed}"] = row
+        if len(seeds) > 1:
+            table[f"{prefix} mean"], table[f"{prefix} spread"] = summary_row(
+                [table[f"{prefix} seed {seed}"] for seed in seeds])
     (workdir / "learning.json").write_text(json.dumps(
         {"table": table, "loss_terms_first_last": curves, "train_flags": _TRAIN_FLAGS.value,
-         "seeds": sorted(runs)}, indent=2) + "\n")
+         "objectives": objectives, "flagfiles": {o: FLAGFILES[o] for o in objectives},
+         "seeds": seeds}, indent=2) + "\n")
     print_table(table, f"DAVIS dev, unseen sequences {','.join(_EVAL_SEQS.value)} at size "
-                f"{_SIZE.value}; JHMDB catch clip (native size); tracker on real training clips "
-                "(l_theta: self, first, skip vs mean-theta; inlier score vs chance)")
-    for seed, ends in curves.items():
-        print(f"  seed {seed} loss terms, first -> last 5 logged points: " + ", ".join(
+                f"{_SIZE.value}; JHMDB catch clip (native size); minutes of training; tracker "
+                "(cycle) on real training clips (l_theta: self, first, skip vs mean-theta; "
+                "inlier score vs chance)")
+    for name, ends in curves.items():
+        print(f"  {name} loss terms, first -> last 5 logged points: " + ", ".join(
             f"{t} {a:.4f} -> {b:.4f}" for t, (a, b) in ends.items()))
-        print(f"  loss curve: {runs[seed] / 'loss_curve.png'}")
+    for path in runs.values():
+        if (path / "loss_curve.png").exists():
+            print(f"  loss curve: {path / 'loss_curve.png'}")
 
 
 if __name__ == "__main__":

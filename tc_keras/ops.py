@@ -26,11 +26,25 @@ PATCH_SCALE = 1.0 / 3.0
 # the data pipeline and the model share them.
 NUM_PAST = 4
 CROP_SIZE = 240
+# The contrastive random walk's clip and graph nodes (docs/METHOD.md, "Contrastive random walk"):
+# 4 frames of 256 px, each cut into 64 px patches every 32 px (7 x 7 = 49 nodes per frame), or
+# the cells of its feature map as the nodes; the data pipeline and the model share them.
+WALK_CLIP_LEN = 4
+WALK_FRAME_SIZE = 256
+WALK_NODE_PATCH = 64
+WALK_NODE_STRIDE = 32
+WALK_NODES = ("patches", "cells")
 
 
 def patch_size(frame_size):
     """Side in pixels (or cells) of the patch cut from a `frame_size` frame: 80 for 240."""
     return int(round(frame_size * PATCH_SCALE))
+
+
+def node_grid(frame_size, patch, stride):
+    """Side of the walk's grid of patch nodes: windows of `patch` px every `stride` px that fit
+    in a `frame_size` frame (7 for 256, 64, 32)."""
+    return (frame_size - patch) // stride + 1
 
 
 def normalize_frames(frames):

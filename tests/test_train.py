@@ -301,3 +301,57 @@ def test_cpu_has_bfloat16_reads_cpuinfo_flags(tmp_path):
     info.write_text("flags\t\t: fpu amx_bf16 amx_tile\n")
     assert cpu_has_bfloat16(info)
     assert not cpu_has_bfloat16(tmp_path / "missing")
+
+
+WALK_TINY = ["--objective=walk", "--data=synthetic", "--synthetic_videos=4",
+             "--synthetic_frames=12", "--synthetic_size=48", "--crop_size=32",
+             "--resize_short=32", "--node_patch=16", "--node_stride=8", "--clip_len=3",
+             "--batch_size=2", "--log_every=1", "--shuffle_buffer=4", "--strategy=default"]
+
+
+@pytest.mark.slow
+def test_walk_objective_trains_resumes_and_a_rerun_with_the_cycle_is_refused(tmp_path):
+    workdir = tmp_path / "walk"
+    cmd = [sys.executable, "-m", "tc_keras.train", f"--workdir={workdir}", *WALK_TINY]
+    first = subprocess.run(cmd + ["--train_steps=2"], env=env(), capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    stored = json.loads((workdir / "config.json").read_text())
+    assert stored["model"]["objective"] == "walk" and stored["walk"]["clip_len"] == 3
+    # The walk's defaults where no flag was given (the follow-up work's optimiser).
+    assert (stored["train"]["learning_rate"], stored["train"]["beta_1"],
+            stored["train"]["grad_clip_norm"]) == (1e-4, 0.9, 0.0)
+    resumed = subprocess.run(cmd + ["--train_steps=4"], env=env(), capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resumed from {workdir / 'ckpt' / 'ckpt-2'}" in resumed.stderr
+    assert "Steps 2..4" in resumed.stderr and (workdir / "ckpt" / "ckpt-4.index").exists()
+    assert "Warning" not in resumed.stderr and "All log messages before absl" not in resumed.stderr
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 4
+    assert {"loss", "acc", "xent_2", "acc_2", "grad_norm"} <= set(rows[-1])
+    encoder = keras.saving.load_model(workdir / "encoder.keras")
+    assert encoder(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 4, 4, 256)
+
+    before, _ = _snapshot(workdir)
+    cycle = subprocess.run(cmd[:4] + TINY + ["--objective=cycle", "--train_steps=4"], env=env(),
+                           capture_output=True, text=True, timeout=300)
+    assert cycle.returncode == 1 and "Traceback" not in cycle.stderr
+    lines = cycle.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--objective: walk (stored) vs cycle (given)" in lines[0], lines
+    assert _snapshot(workdir)[0] == before
+
+    # --init_from an encoder of another architecture (the cycle's): one line, nothing written.
+    from tc_keras.export.encoder_io import save_encoder
+    from tc_keras.model.encoder import ResNetEncoder
+
+    save_encoder(ResNetEncoder(depth=18), tmp_path / "cycle_encoder" / "encoder.keras")
+    other = tmp_path / "other"
+    fresh = subprocess.run(cmd[:3] + [f"--workdir={other}", *WALK_TINY,
+                                      f"--init_from={tmp_path / 'cycle_encoder'}"],
+                           env=env(), capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 1 and "Traceback" not in fresh.stderr
+    assert fresh.stderr.strip().splitlines()[-1].startswith(
+        f"error: --init_from {tmp_path / 'cycle_encoder'}: its encoder is ResNet-18, 512-channel "
+        "projection, 'same' padding; this run's is ResNet-18, no projection, 'reflect'")
+    assert not other.exists()

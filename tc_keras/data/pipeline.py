@@ -73,8 +73,7 @@ def _select_clip(record, seed, num_past, frame_gap, target_offset):
     A video with fewer than k + 1 frames is unusable (filtered out afterwards); its JPEGs are
     then placeholders so that nothing here fails.
     """
-    ex = tf.io.parse_single_example(record, _FEATURES)
-    jpegs = ex["frames"].values  # (num_frames,)
+    jpegs = video_jpegs(record)  # (num_frames,)
     n = tf.shape(jpegs)[0]
     usable = n >= num_past + 1
     offsets = clip_offsets(n, num_past, frame_gap, target_offset)
@@ -124,18 +123,9 @@ def _motion_theta(target, moved, seeds, crop_size, max_rotation):
 def _make_clip(jpegs, seed, num_past, crop_size, resize_short, max_rotation):
     """JPEGs (k + 2,) -> dict(past, target, theta) with one crop and flip for the whole clip."""
     seeds = tf.random.experimental.stateless_split(seed, _NUM_SEEDS)
-    frames = tf.stack([tf.io.decode_jpeg(jpegs[i], channels=3) for i in range(num_past + 2)])
-    frames = tf.cast(frames, tf.float32)  # (k + 2, H, W, 3) in [0, 255]
+    frames = decode_frames(jpegs, num_past + 2, resize_short, crop_size)  # (k + 2, H, W, 3)
     shape = tf.shape(frames)
-    h, w = shape[1], shape[2]
-    ratio = resize_short / tf.cast(tf.minimum(h, w), tf.float32)
-    new_h = tf.maximum(crop_size, tf.cast(tf.round(tf.cast(h, tf.float32) * ratio), tf.int32))
-    new_w = tf.maximum(crop_size, tf.cast(tf.round(tf.cast(w, tf.float32) * ratio), tf.int32))
-    frames = tf.cond(
-        tf.logical_and(tf.equal(new_h, h), tf.equal(new_w, w)),
-        lambda: frames,
-        lambda: tf.clip_by_value(
-            tf.image.resize(frames, tf.stack([new_h, new_w]), antialias=True), 0.0, 255.0))
+    new_h, new_w = shape[1], shape[2]
     top = tf.random.stateless_uniform([], seeds[1], 0, new_h - crop_size + 1, dtype=tf.int32)
     left = tf.random.stateless_uniform([], seeds[2], 0, new_w - crop_size + 1, dtype=tf.int32)
     frames = frames[:, top:top + crop_size, left:left + crop_size, :]
@@ -145,6 +135,34 @@ def _make_clip(jpegs, seed, num_past, crop_size, resize_short, max_rotation):
     theta = _motion_theta(frames[num_past], frames[num_past + 1], seeds, crop_size, max_rotation)
     normalized = tc_ops.normalize_frames(frames[:num_past + 1])
     return dict(past=normalized[:num_past], target=normalized[num_past], theta=theta)
+
+
+def video_jpegs(record):
+    """The JPEG frames (num_frames,) tf.string of a serialized video record (a shard's example)."""
+    return tf.io.parse_single_example(record, _FEATURES)["frames"].values
+
+
+def decode_frames(jpegs, count, resize_short, min_size):
+    """The first `count` JPEGs of `jpegs` decoded -> float32 (count, H, W, 3) in [0, 255], the short
+    side resized to `resize_short` (antialiased; aspect kept, each side at least `min_size`)."""
+    frames = tf.stack([tf.io.decode_jpeg(jpegs[i], channels=3) for i in range(count)])
+    frames = tf.cast(frames, tf.float32)  # (count, H, W, 3) in [0, 255]
+    shape = tf.shape(frames)
+    h, w = shape[1], shape[2]
+    ratio = resize_short / tf.cast(tf.minimum(h, w), tf.float32)
+    new_h = tf.maximum(min_size, tf.cast(tf.round(tf.cast(h, tf.float32) * ratio), tf.int32))
+    new_w = tf.maximum(min_size, tf.cast(tf.round(tf.cast(w, tf.float32) * ratio), tf.int32))
+    return tf.cond(
+        tf.logical_and(tf.equal(new_h, h), tf.equal(new_w, w)),
+        lambda: frames,
+        lambda: tf.clip_by_value(
+            tf.image.resize(frames, tf.stack([new_h, new_w]), antialias=True), 0.0, 255.0))
+
+
+def clip_seeds(seed, deterministic):
+    """One (2,) int64 seed per clip, for stateless ops (see the module docstring)."""
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=not deterministic)
+    return seeds.batch(2, drop_remainder=True)
 
 
 def _add_patch(batch, patch_size):
@@ -221,9 +239,7 @@ def clip_dataset(shards, *, batch_size, num_past=tc_ops.NUM_PAST, frame_gap=clip
         seed = seed + 1_000_003 * input_context.input_pipeline_id
     records = video_records(files, shuffle=True, seed=seed, deterministic=deterministic,
                             repeat=repeat, input_context=input_context)
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=not deterministic)
-    seeds = seeds.batch(2, drop_remainder=True)  # (2,) int64 per clip
-    ds = tf.data.Dataset.zip((records, seeds))
+    ds = tf.data.Dataset.zip((records, clip_seeds(seed, deterministic)))
     parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     ds = ds.map(lambda r, s: _select_clip(r, s, num_past, frame_gap, target_offset), **parallel)
     ds = ds.filter(lambda jpegs, s, usable: usable)
@@ -244,14 +260,15 @@ def clip_dataset(shards, *, batch_size, num_past=tc_ops.NUM_PAST, frame_gap=clip
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def distributed_clip_dataset(strategy, shards, global_batch_size, **kwargs):
+def distributed_clip_dataset(strategy, shards, global_batch_size, make=clip_dataset, **kwargs):
     """Per-replica clip datasets under `strategy` (a tf.distribute.DistributedDataset).
 
     Each input pipeline reads its own subset of the shard files (or of the records, with fewer
-    files than pipelines) with batch size global_batch_size / replicas. kwargs: `clip_dataset`'s.
+    files than pipelines) with batch size global_batch_size / replicas. `make`: the dataset
+    function (`clip_dataset`, or `walk_clips.walk_clip_dataset`); kwargs: its arguments.
     """
     def dataset_fn(input_context):
         batch = input_context.get_per_replica_batch_size(global_batch_size)
-        return clip_dataset(shards, batch_size=batch, input_context=input_context, **kwargs)
+        return make(shards, batch_size=batch, input_context=input_context, **kwargs)
 
     return strategy.distribute_datasets_from_function(dataset_fn)

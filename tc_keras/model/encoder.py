@@ -28,6 +28,10 @@ STAGES = {18: (2, 2, 2), 50: (3, 4, 6)}
 _WIDTHS = (64, 128, 256)
 # Stride of each stage after the stem: res4 keeps stride 1 (docs/METHOD.md, "Encoder") -> total stride 8.
 _STAGE_STRIDES = (1, 2, 1)
+# res5 (ResNet's layer4), which the contrastive random walk trains through at stride 1 and drops
+# at test time (docs/METHOD.md, "Contrastive random walk"): blocks and width.
+_RES5_BLOCKS = {18: 2, 50: 3}
+_RES5_WIDTH = 512
 # Total stride of the features: the stem's convolution (2) and max pool (2), then the stages.
 FEATURE_STRIDE = 2 * 2 * math.prod(_STAGE_STRIDES)
 # The reference's BatchNorm momentum 0.1 in Keras' convention (docs/METHOD.md, "BatchNorm batches").
@@ -119,6 +123,8 @@ class ResNetEncoder(layers.Layer):
       frames: (B, H, W, 3) ImageNet-normalised float frames, H and W multiples of 8
         (`FEATURE_STRIDE`).
       training: BatchNorm mode.
+      normalize: overrides the `normalize` argument for this call (None: keep it); the
+        contrastive random walk trains on the features before normalisation.
 
     Returns:
       (B, H/8, W/8, C) features, C = out_channels (res4's channels when None), unit L2 norm over
@@ -167,7 +173,7 @@ class ResNetEncoder(layers.Layer):
         self.call(keras.KerasTensor(shape))
         self.built = True
 
-    def call(self, frames, training=None):
+    def call(self, frames, training=None, normalize=None):
         x = self.stem_bn(self.stem_conv(_pad(frames, self.stem_conv, self.padding)),
                          training=training)
         x = keras.ops.relu(x)
@@ -180,7 +186,7 @@ class ResNetEncoder(layers.Layer):
             x = block(x, training=training)
         if self.projection is not None:
             x = keras.ops.relu(self.projection(x))
-        if self.normalize:
+        if self.normalize if normalize is None else normalize:
             x = tops.l2_normalize(x, axis=-1)
         return x
 
@@ -195,3 +201,15 @@ class ResNetEncoder(layers.Layer):
         config.update(depth=self.depth, out_channels=self.out_channels, normalize=self.normalize,
                       sync_batchnorm=self.sync_batchnorm, padding=self.padding)
         return config
+
+
+def res5_blocks(depth, sync_batchnorm=False, padding="same"):
+    """ResNet's res5 stage at stride 1 (list of blocks, named res5_0, ...): 512 channels after
+    ResNet-18's res4 (256), 2048 after ResNet-50's (1024). Not part of `ResNetEncoder`, whose
+    features end at res4; the contrastive random walk trains through it (see `_RES5_BLOCKS`)."""
+    if depth not in STAGES:
+        raise ValueError(f"res5_blocks depth must be one of {sorted(STAGES)}, got {depth!r}")
+    bottleneck = depth == 50
+    return [_ResidualBlock(_RES5_WIDTH, 1, bottleneck, project=i == 0,
+                           sync_batchnorm=sync_batchnorm, padding=padding, name=f"res5_{i}")
+            for i in range(_RES5_BLOCKS[depth])]

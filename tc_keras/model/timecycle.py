@@ -8,11 +8,11 @@ A batch is a dict (see tc_keras/data/pipeline.py):
 """
 
 import keras
-import tensorflow as tf
 
 from tc_keras.model import losses as tlosses
 from tc_keras import ops as tops
 from tc_keras.model.encoder import FEATURE_STRIDE, ResNetEncoder
+from tc_keras.model.objective_model import ObjectiveModel
 from tc_keras.model.tracker import AFFINITY_TEMPERATURE, LOCALIZER_FILTERS, LOCALIZER_KERNEL, Tracker
 
 # Optimiser defaults (docs/METHOD.md, "Training data and schedule").
@@ -45,8 +45,9 @@ def check_crop_size(crop_size):
 
 
 @keras.saving.register_keras_serializable(package="tc_keras")
-class TimeCycle(keras.Model):
-    """Encoder + tracker trained by cycle consistency over time.
+class TimeCycle(ObjectiveModel):
+    """Encoder + tracker trained by cycle consistency over time (the training step, clipping
+    and metrics are ObjectiveModel's).
 
     Args:
       depth: encoder depth, 18 or 50.
@@ -83,6 +84,8 @@ class TimeCycle(keras.Model):
       (B, k, p, p, N); `query` (B, p, p, C); `tracked_first` (B, k, p, p, C); index i along k
       means i + 1 frames back. p = P / 8, N = (H / 8)**2.
     """
+
+    ADAM = dict(learning_rate=LEARNING_RATE, beta_1=BETA_1, beta_2=BETA_2)
 
     def __init__(self, depth=50, num_past=tops.NUM_PAST, crop_size=tops.CROP_SIZE,
                  similarity="inlier",
@@ -123,7 +126,7 @@ class TimeCycle(keras.Model):
         names = ["loss", "long", "skip", "sim", "self", "grad_norm"]
         for i in range(1, num_past + 1):
             names += [f"long_{i}", f"skip_{i}", f"sim_{i}"]
-        self._loss_metrics = {n: keras.metrics.Mean(name=n) for n in names}
+        self.track_terms(names)
 
     # ----------------------------------------------------------------------------- forward
     def encode(self, inputs, training=None):
@@ -216,88 +219,12 @@ class TimeCycle(keras.Model):
             self_weight=self.self_weight, sim_theta_grad=self.sim_theta_grad)
 
     # ----------------------------------------------------------------------------- training
-    def step_variables(self):
-        """The variables a training step updates: the tracker's alone while the encoder is frozen."""
-        if self.freeze_encoder:
-            return list(self.tracker.trainable_variables)
-        return list(self.trainable_variables)
-
-    def compile(self, optimizer=None, **kwargs):
-        """Compiles with Adam(2e-4, beta_1 0.5) by default and builds its slots for all variables.
-
-        Clipping is done by `train_step` on the all-replica gradient; do not pass an optimizer
-        with `clipnorm` (Keras clips per replica, before the all-reduce).
-        """
-        if optimizer is None:
-            optimizer = keras.optimizers.Adam(LEARNING_RATE, beta_1=BETA_1, beta_2=BETA_2)
-        if getattr(optimizer, "clipnorm", None) or getattr(optimizer, "global_clipnorm", None):
-            raise ValueError("TimeCycle clips gradients itself (grad_clip_norm); "
-                             "pass an optimizer without clipnorm/global_clipnorm")
-        super().compile(optimizer=optimizer, **kwargs)
-        if self.built:
-            self.optimizer.build(self.trainable_variables)  # frozen encoder included
-
     def build_from_crop(self):
         """Builds all weights with a symbolic batch of the configured size."""
         s, p = self.crop_size, tops.patch_size(self.crop_size)
         self({"past": keras.KerasTensor((None, self.num_past, s, s, 3)),
               "target": keras.KerasTensor((None, s, s, 3)),
               "patch": keras.KerasTensor((None, p, p, 3))})
-
-    def set_encoder_frozen(self, frozen):
-        """Freezes/unfreezes the encoder's weights; the next `fit` retraces its step."""
-        self.freeze_encoder = bool(frozen)
-        self.train_function = None
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # A private Keras method, overridden because no public hook exists: under a strategy,
-        # Keras' fit always builds the model symbolically from a batch it first reduces across
-        # replicas, and MultiWorkerMirroredStrategy cannot reduce a dict of per-replica batches.
-        # A TimeCycle built by `build_from_crop()` and compiled (optimizer built) needs no build.
-        if self.built and self.optimizer is not None and self.optimizer.built:
-            return
-        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
-    @property
-    def metrics(self):
-        return list(self._loss_metrics.values())
-
-    def _update_metrics(self, values):
-        for name, value in values.items():
-            self._loss_metrics[name].update_state(value)
-        results = {name: t.result() for name, t in self._loss_metrics.items()}
-        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
-            # Keras reduces step outputs across workers with reduce(MEAN, axis=0), which needs
-            # an axis: give each scalar one of length 1.
-            results = {name: tf.reshape(v, (1,)) for name, v in results.items()}
-        return results
-
-    def train_step(self, data):
-        strategy = tf.distribute.get_strategy()
-        replicas = strategy.num_replicas_in_sync
-        variables = self.step_variables()
-        with tf.GradientTape() as tape:
-            outputs = self(data, training=True)
-            losses = self.compute_losses(data, outputs)
-            # Each replica sees 1/replicas of the global batch; gradients are summed across them.
-            scaled = losses["loss"] / replicas
-        grads = tape.gradient(scaled, variables)
-        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
-        context = tf.distribute.get_replica_context()
-        if replicas > 1:
-            grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        norm = tf.linalg.global_norm(grads)
-        if self.grad_clip_norm:
-            grads, _ = tf.clip_by_global_norm(grads, self.grad_clip_norm, use_norm=norm)
-        if replicas > 1:
-            # The optimizer all-reduces (sums) once more; hand it each replica's share.
-            grads = [g / replicas for g in grads]
-        self.optimizer.apply(grads, variables)
-        return self._update_metrics({**losses, "grad_norm": norm})
-
-    def test_step(self, data):
-        outputs = self(data, training=False)
-        return self._update_metrics(self.compute_losses(data, outputs))
 
     def get_config(self):
         config = super().get_config()

@@ -2,8 +2,9 @@
 
 A training workdir holds `config.json` (the resolved `tc_keras.train.config.Config`) and `ckpt/`, a
 `tf.train.Checkpoint` made by `training_checkpoint`; `restore_training_model` rebuilds the whole
-TimeCycle (encoder and tracker) from them. The encoder alone (`encoder.keras`) is
-`tc_keras.export.encoder_io`'s.
+model (TimeCycle with its tracker, or the contrastive walk with its head) from them. The encoder
+alone (`encoder.keras`) is `tc_keras.export.encoder_io`'s; `init_encoder` starts a new run's
+encoder from one (--init_from).
 """
 
 import dataclasses
@@ -12,7 +13,8 @@ import pathlib
 
 import tensorflow as tf
 
-from tc_keras.export.encoder_io import CONFIG_FILE
+from tc_keras.export.encoder_io import CONFIG_FILE, load_encoder_model
+from tc_keras.model.encoder import ResNetEncoder
 from tc_keras.train import config as tconfig
 
 # Flags that may change when a workdir is run again: how long and with what logging the run goes
@@ -52,7 +54,7 @@ def load_run_config(workdir):
 
 
 def restore_training_model(workdir, checkpoint=""):
-    """(TimeCycle, checkpoint path) rebuilt from `<workdir>/config.json` and `<workdir>/ckpt`.
+    """(model, checkpoint path) rebuilt from `<workdir>/config.json` and `<workdir>/ckpt`.
 
     Args:
       workdir: a training run folder.
@@ -115,6 +117,46 @@ def resumed_config(workdir, config):
         sections[section] = dataclasses.replace(given, **values)
         taken += [f"--{name}={tconfig.shown(value)}" for name, value in values.items()]
     return dataclasses.replace(config, **sections), taken
+
+
+# What an --init_from encoder must share with the run's: everything its weights depend on.
+_ARCHITECTURE = ("depth", "out_channels", "padding")
+
+
+def _described(config):
+    projection = config["out_channels"]
+    return (f"ResNet-{config['depth']}, " + (f"{projection}-channel projection" if projection
+                                              else "no projection")
+            + f", {config['padding']!r} padding")
+
+
+def load_init_encoder(spec, like):
+    """The ResNetEncoder saved in `spec` (--init_from: a folder holding encoder.keras, such as a
+    training workdir or tools/convert_weights.py output, or a .keras file), checked against
+    `like`, the run's encoder.
+
+    Raises:
+      ValueError naming `spec` when it holds no encoder, or one of another architecture.
+    """
+    model = load_encoder_model(spec, flag="--init_from")
+    layers = [layer for layer in getattr(model, "layers", [model])
+              if isinstance(layer, ResNetEncoder)]
+    if len(layers) != 1:
+        raise ValueError(f"--init_from {spec}: holds no ResNetEncoder (expected an encoder.keras "
+                         "written by training or by tools/convert_weights.py)")
+    source, want = layers[0].get_config(), like.get_config()
+    if any(source[k] != want[k] for k in _ARCHITECTURE):
+        raise ValueError(f"--init_from {spec}: its encoder is {_described(source)}; this run's is "
+                         f"{_described(want)} (--objective=walk trains the CRW release's, "
+                         "tools/convert_weights.py --from crw)")
+    return layers[0]
+
+
+def init_encoder(encoder, spec):
+    """Copies the weights of `spec`'s encoder (see `load_init_encoder`) into `encoder`; returns
+    `spec`."""
+    encoder.set_weights(load_init_encoder(spec, encoder).get_weights())
+    return spec
 
 
 def config_conflicts(workdir, config):

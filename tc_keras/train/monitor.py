@@ -12,8 +12,8 @@ from absl import logging
 
 from tc_keras.propagation import visualize
 
-# The terms shown in the log line (TensorBoard gets every metric).
-LOG_TERMS = ("loss", "long", "skip", "sim", "self", "grad_norm")
+# The terms shown in the log line, of either objective (TensorBoard gets every metric).
+LOG_TERMS = ("loss", "long", "skip", "sim", "self", "acc", "grad_norm")
 
 
 class RotationRamp(keras.callbacks.Callback):

@@ -68,11 +68,15 @@ def count_videos(shards):
 def make_dataset(config, shards, strategy, seed, rotation_scale=None):
     """The training clips of a run, distributed over `strategy`'s replicas when it has several."""
     d = config.data
-    kwargs = dict(tconfig.clip_kwargs(config), shuffle_buffer=d.shuffle_buffer, seed=seed,
-                  deterministic=d.deterministic, rotation_scale=rotation_scale)
+    make, clips = tconfig.clip_source(config)  # the objective's clips
+    kwargs = dict(clips, shuffle_buffer=d.shuffle_buffer, seed=seed,
+                  deterministic=d.deterministic)
+    if rotation_scale is not None:
+        kwargs.update(rotation_scale=rotation_scale)
     if strategy.num_replicas_in_sync > 1 or hasattr(strategy, "cluster_resolver"):
-        return pipeline.distributed_clip_dataset(strategy, shards, config.train.batch_size, **kwargs)
-    return pipeline.clip_dataset(shards, batch_size=config.train.batch_size, **kwargs)
+        return pipeline.distributed_clip_dataset(strategy, shards, config.train.batch_size,
+                                                 make=make, **kwargs)
+    return make(shards, batch_size=config.train.batch_size, **kwargs)
 
 
 def vis_batch(config, shards):

@@ -1,5 +1,8 @@
 """`python -m tc_keras.train --flagfile=configs/vlog.flags`: flags -> config -> strategy -> fit.
 
+`--objective` picks the model and its clips (tc_keras.train.config.build_model, clip_source):
+TimeCycle's cycle (the default) or the contrastive random walk; the rest of the run is shared.
+
 The workdir holds everything of a run: `config.json` (the resolved config), `ckpt/` (model,
 optimizer, step and config in a tf.train.Checkpoint), `encoder.keras` (the encoder alone, for
 tools/propagate.py and tools/export.py), `tb/` (TensorBoard) and, for `--data=synthetic`, `data/`.
@@ -10,6 +13,8 @@ optimizer state intact. The model flags of a rerun must match the workdir's conf
 Such problems stop the run with one `error:` line: a rerun with other flags leaves the workdir as
 it was; a run stopped by an error keeps the steps it did in a checkpoint, for the rerun,
 but does not write `encoder.keras` (only periodic checkpoints and the end of training do).
+`--init_from` starts a new run's encoder from another folder's `encoder.keras` (checked before
+anything is written; ignored when the workdir resumes).
 """
 
 import json
@@ -100,6 +105,11 @@ def run(config):
     if conflicts:
         raise RunError(f"{out_dir} holds a run with other flags: {'; '.join(conflicts)}. Rerun "
                        "with the stored values, or use a new --workdir")
+    if t.init_from and not tf.train.latest_checkpoint(str(out_dir / "ckpt")):
+        try:  # an encoder that does not fit stops a new run before it writes anything
+            checkpoints.load_init_encoder(t.init_from, tconfig.build_model(config).encoder)
+        except ValueError as e:
+            raise RunError(str(e)) from None
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out_dir / CONFIG_FILE, config.to_json() + "\n")
 
@@ -138,15 +148,19 @@ def _train(config, strategy, out_dir, shards):
     with strategy.scope():
         model = tconfig.build_model(config)
         model.build_from_crop()
-        model.compile(optimizer=keras.optimizers.Adam(t.learning_rate, beta_1=t.beta_1,
-                                                      beta_2=t.beta_2))
+        model.compile(optimizer=keras.optimizers.Adam(tconfig.learning_rate(config),
+                                                      beta_1=t.beta_1, beta_2=t.beta_2))
 
     # ---- restore: the newest checkpoint that reads back whole; `save` writes the next one
     # The config travels inside the checkpoint (a plain local variable: strings cannot be mirrored).
     checkpoint = training_checkpoint(
         model, config=tf.Variable(config.to_json(), trainable=False))
     manager = tf.train.CheckpointManager(checkpoint, str(out_dir / "ckpt"), max_to_keep=3)
-    _restore_newest_intact(checkpoint, manager)
+    if _restore_newest_intact(checkpoint, manager) is None and t.init_from:
+        try:
+            logging.info("Encoder from %s", checkpoints.init_encoder(model.encoder, t.init_from))
+        except ValueError as e:
+            raise RunError(str(e)) from None
     step = int(model.optimizer.iterations.numpy())
     if step >= steps:
         logging.info("Already at step %d of %d: nothing to do", step, steps)
@@ -161,7 +175,8 @@ def _train(config, strategy, out_dir, shards):
     # ---- callbacks: log lines, TensorBoard, periodic checkpoints, the rotation ramp
     monitor = TrainingMonitor(save, out_dir / "tb", log_every=t.log_every,
                               checkpoint_every=t.checkpoint_every, image_every=t.image_every,
-                              vis_batch=sources.vis_batch(config, shards) if t.image_every else None)
+                              vis_batch=sources.vis_batch(config, shards)
+                              if t.image_every and config.model.objective == "cycle" else None)
     rotation_scale, callbacks = _with_rotation_ramp(config, step, [monitor])
 
     # ---- train: phase by phase (encoder frozen, then trained); SIGTERM stops it as Ctrl-C does
