@@ -10,7 +10,7 @@ import keras
 from PIL import Image
 
 from tc_keras import ops as tops
-from tc_keras.data import label_io, records, synthetic, video_writer, walk_clips
+from tc_keras.data import label_io, records, synthetic, walk_clips
 from tc_keras.export import encoder_io, graphs, runtimes
 from tc_keras.export.encoder_io import save_encoder
 from tc_keras.model import walk as twalk
