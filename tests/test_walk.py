@@ -11,7 +11,7 @@ from PIL import Image
 
 from tc_keras import ops as tops
 from tc_keras.data import label_io, records, synthetic, walk_clips
-from tc_keras.export import encoder_io, graphs, runtimes
+from tc_keras.export import encoder_io, runtimes
 from tc_keras.export.encoder_io import save_encoder
 from tc_keras.model import walk as twalk
 from tc_keras.model.contrastive_walk import ContrastiveWalk
@@ -20,6 +20,7 @@ from tc_keras.train import checkpoints
 from tests import broken_files
 from tests import release_reference as ref
 from tests.pth_writer import write_pth
+from tests.test_export import tflite_ops
 from tests.tool_run import run_tool
 
 # 32 px frames cut into 16 px patches every 8 px: 3x3 = 9 nodes per frame, 2x2 cells per patch.
@@ -305,7 +306,7 @@ def test_saved_encoder_propagates_with_the_crw_preset_and_exports(tmp_path):
     exported = run_tool("export.py", "--checkpoint", workdir, "--out", tmp_path / "export" / "w")
     assert exported.returncode == 0, exported.stderr
     tflite = tmp_path / "export" / "w.tflite"
-    assert not [op for op in graphs.tflite_ops(tflite) if op.startswith("Flex")]
+    assert not [op for op in tflite_ops(tflite) if op.startswith("Flex")]
     features = runtimes.load_runtime(tflite).embed(frames[:2])
     np.testing.assert_allclose(features, np.asarray(encoder_io.make_embed(model.encoder)(
         frames[:2])), atol=1e-4)
