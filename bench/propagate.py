@@ -120,13 +120,13 @@ def bench_speed(depth, size, peak, frames):
     embed = Timed(encoder_io.make_embed(model))
     steps = []
 
-    class TimedContext(context_lib.GraphContext):  # the label step, timed
+    class TimedContext(context_lib.Context):  # the label step, timed
         def __init__(self, *args):
             super().__init__(*args)
             self.step = Timed(self.step)
             steps.append(self.step)
 
-    prop.GraphContext, original = TimedContext, prop.GraphContext
+    prop.Context, original = TimedContext, prop.Context
     out = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_propagate_{os.getpid()}"
     out.mkdir(parents=True, exist_ok=True)
     write = Timed(lambda path, mask: label_io.write_mask(path, mask, fmt))
@@ -147,7 +147,7 @@ def bench_speed(depth, size, peak, frames):
         total = (time.perf_counter() - start) / count
     finally:
         frames_in.close()  # the decoding thread stops here, not at garbage collection
-        prop.GraphContext = original
+        prop.Context = original
         shutil.rmtree(out, ignore_errors=True)
     first = next(video.iter_frames(seq))
     mh, mw = presets.model_size(*first.shape[:2], config)

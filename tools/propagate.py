@@ -40,6 +40,7 @@ from absl import flags  # noqa: E402
 from tc_keras import atomic  # noqa: E402
 from tc_keras.export import encoder_io  # noqa: E402
 from tc_keras.data import label_io  # noqa: E402
+from tc_keras.propagation import context  # noqa: E402
 from tc_keras.propagation import propagate as prop  # noqa: E402
 from tc_keras.propagation import presets  # noqa: E402
 from tc_keras.export import runtimes  # noqa: E402
@@ -144,7 +145,7 @@ class Progress:
         print(f"  {self.count}/{self.total} frames, {rate:.2f} s/frame", flush=True)
 
 
-def run_video(source, labels_path, out_dir, embed, config, overlay, step=None, local_step=None):
+def run_video(source, labels_path, out_dir, embed, config, overlay, steps=context.KERAS):
     """Propagates one video's first-frame labels into `out_dir` (atomically)."""
     info = video_lib.video_info(source)
     names = frame_names(source, info["frames"])
@@ -158,12 +159,12 @@ def run_video(source, labels_path, out_dir, embed, config, overlay, step=None, l
             if not np.isfinite(first).all(axis=-1).any():
                 raise label_io.LabelError(f"{labels_path}: no joint is annotated in frame 0")
             label_io.check_keypoints(labels_path, first, size, meta.get("joint_names"))
-            stream = prop.propagate_keypoints(frames, first, embed, config, step, local_step)
+            stream = prop.propagate_keypoints(frames, first, embed, config, steps)
         else:
             ids, fmt = label_io.read_mask(labels_path, _THRESHOLD.value)
             ids, _ = label_io.split_void(ids, fmt)  # void (255 in a palette mask) = background
             label_io.check_mask(labels_path, ids, size)
-            stream = prop.propagate_mask(frames, ids, embed, config, step, local_step)
+            stream = prop.propagate_mask(frames, ids, embed, config, steps)
         fps = info["fps"] or _FPS.value
         bar = Progress(len(names))
         all_joints = []
@@ -226,13 +227,13 @@ def main(argv):
         overlay = bool(_OVERLAY.value)
     if runtimes.is_export(_ENCODER.value):
         runtime = runtimes.load_runtime(_ENCODER.value)
-        embed, step, local_step = runtime.embed, runtime.step, runtime.local_step
+        embed, steps = runtime.embed, runtime.label_steps
     else:
         embed = encoder_io.load_encoder(_ENCODER.value, int(_DEPTH.value), _SEED.value)
-        step = local_step = None
+        steps = context.KERAS
     for source, labels, out in jobs:
         print(f"{source} -> {out}")
-        run_video(source, labels, out, embed, config, overlay, step, local_step)
+        run_video(source, labels, out, embed, config, overlay, steps)
 
 
 if __name__ == "__main__":

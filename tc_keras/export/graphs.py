@@ -33,9 +33,11 @@ Signatures (every input required; SavedModel signatures cannot give inputs defau
 - `propagate_local_per_frame`: the same with per-frame top-k.
 
 Exports written before `propagate_local*` existed still load (tc_keras.export.runtimes): their runtimes
-have `local_step = None` and `Propagator` then runs `propagate` with the dense radius mask.
+have `local_step = None` and the propagation context then runs `propagate` with the dense radius
+mask.
 
-Min-max normalisation (paper protocol) needs the whole frame and stays a post-step in `Propagator`.
+Min-max normalisation (paper protocol) needs the whole frame and stays a post-step in the
+propagation context.
 
 Shape legend: B batch, H W frame size, M context frames, N = h*w feature positions, Q query
 positions, C channels, K label channels.

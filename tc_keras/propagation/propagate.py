@@ -11,9 +11,11 @@ Three layers, so that each can be reused or exported on its own:
   (several times faster at 480p); `vote` with a radius mask is its reference.
 - `Propagator`: streams frames (generator in, generator out), embeds each frame once with any
   callable `embed(frames_uint8 (B, H, W, 3)) -> (B, h, w, C)` (L2-normalised), keeps only the
-  context (first frame + N previous; `tc_keras.propagation.context`, as graph state with a compiled step on
-  the Keras path) in fixed-size buffers, so memory does not grow with the length of the video,
-  and feeds its own soft predictions back as context (recurrent).
+  context (first frame + N previous; `tc_keras.propagation.context`: graph state and a compiled
+  step, whatever the runtime) in fixed-size buffers, so memory does not grow with the length of the video,
+  and feeds its own soft predictions back as context (recurrent). Which functions compute the
+  labels is an explicit argument, `steps` (`context.KERAS`, `context.DENSE`, or an exported
+  model's `label_steps`).
 - `propagate_mask` / `propagate_keypoints`: label encodings (one-hot masks with object ids,
   Gaussian keypoint heatmaps) and their decoding at frame resolution.
 
@@ -25,9 +27,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from tc_keras.propagation.context import GraphContext, NumpyContext
+from tc_keras.propagation.context import KERAS, Context
 from tc_keras.model.encoder import FEATURE_STRIDE
-from tc_keras.propagation.label_step import vote
 from tc_keras.propagation.presets import PRESETS, model_size
 
 # Keypoint heatmaps: Gaussian sigma in feature cells, and the number of top locations whose
@@ -62,24 +63,21 @@ class Propagator:
         features, h = H'/8, w = W'/8 (a tf.function, e.g. `encoder_io.make_embed`, keeps the
         frames in TensorFlow; any callable returning arrays works).
       config: a `PropagationConfig`.
-      step: the dense label step, a callable with the interface of `label_step.vote` returning
-        (Q, K), run on NumPy buffers (`context.NumpyContext`). Used without a radius (or without
-        short-term frames), and with a radius when there is no `local_step`.
-      local_step: the label step with a radius, a callable with the interface of
-        `label_step.vote_local` returning (T, P, K). An exported model's `propagate*` signatures
-        (tc_keras.export.runtimes) plug in here, so every runtime runs the same step.
-        With neither step given, `vote` / `vote_local` run compiled, the context kept as graph
-        state (`context.GraphContext`): the fast path.
+      steps: the label steps, a `context.LabelSteps`: `context.KERAS` (`vote_local` / `vote`
+        compiled: the fast path), `context.DENSE` (`vote` with the dense radius mask: the
+        reference) or an exported model's (`tc_keras.export.runtimes`: `runtime.label_steps`), so
+        that every runtime runs the same step.
 
     Only the first frame and the `config.context` most recent frames (features and labels) are
-    kept, in fixed-size buffers: memory does not grow with the video length.
+    kept, in fixed-size buffers (`context`, the current video's `context.Context`, says how large:
+    `context.nbytes`): memory does not grow with the video length.
     """
 
-    def __init__(self, embed, config=PRESETS["default"], step=None, local_step=None):
+    def __init__(self, embed, config=PRESETS["default"], steps=KERAS):
         self.embed = embed
         self.config = config
-        self.step = step
-        self.local_step = local_step
+        self.steps = steps
+        self.context = None
 
     def feature_size(self, height, width):
         mh, mw = model_size(height, width, self.config)
@@ -115,11 +113,7 @@ class Propagator:
                              f"feature size {(h, w)}")
         feats0 = self._features(first)
         labels0 = first_labels.reshape(h * w, -1)  # (h, w, K) -> (N, K)
-        if self.step is None and self.local_step is None:
-            context = GraphContext(feats0, labels0, h, w, self.config)
-        else:
-            context = NumpyContext(feats0, labels0, h, w, self.config, self.step or vote,
-                                   self.local_step)
+        self.context = context = Context(feats0, labels0, h, w, self.config, self.steps)
         yield first, first_labels
         for t, frame in enumerate(it, start=1):
             if frame.shape != first.shape:
@@ -144,8 +138,7 @@ def _same_size(first, frames):
         yield frame
 
 
-def propagate_mask(frames, first_mask, embed, config=PRESETS["default"], step=None,
-                   local_step=None):
+def propagate_mask(frames, first_mask, embed, config=PRESETS["default"], steps=KERAS):
     """Propagates an object mask through a video.
 
     Args:
@@ -153,7 +146,7 @@ def propagate_mask(frames, first_mask, embed, config=PRESETS["default"], step=No
       first_mask: (H, W) integer object ids of the first frame (0 = background).
       embed: see `Propagator`; None gives the "identity" baseline (copy the first mask).
       config: a `PropagationConfig`.
-      step, local_step: the label steps (see `Propagator`); None = `vote` / `vote_local` (Keras).
+      steps: the label steps (see `Propagator`).
     Yields:
       (frame, (H, W) mask with the ids of `first_mask`) for every frame, the first included.
     """
@@ -172,7 +165,7 @@ def propagate_mask(frames, first_mask, embed, config=PRESETS["default"], step=No
         return
     ids = np.union1d(ids, [0]).astype(first_mask.dtype)
     onehot = (first_mask[..., None] == ids).astype(np.float32)  # (H, W, K)
-    prop = Propagator(embed, config, step, local_step)
+    prop = Propagator(embed, config, steps)
     h, w = prop.feature_size(*first.shape[:2])
     labels0 = ops.convert_to_numpy(ops.image.resize(onehot[None], (h, w), interpolation="area"))[0]
     height, width = first_mask.shape
@@ -224,8 +217,7 @@ def decode_keypoints(heatmaps, image_size, topk=KEYPOINT_TOPK):
     return np.stack([(weights * fx).sum(1) / total, (weights * fy).sum(1) / total], -1)
 
 
-def propagate_keypoints(frames, first_joints, embed, config=PRESETS["default"], step=None,
-                        local_step=None):
+def propagate_keypoints(frames, first_joints, embed, config=PRESETS["default"], steps=KERAS):
     """Propagates keypoints as Gaussian heatmaps.
 
     Args:
@@ -233,7 +225,7 @@ def propagate_keypoints(frames, first_joints, embed, config=PRESETS["default"], 
       first_joints: (J, 2) pixel (x, y) joints of the first frame; NaN = not annotated.
       embed: see `Propagator`; None gives the identity baseline (copy the first joints).
       config: a `PropagationConfig`.
-      step, local_step: the label steps (see `Propagator`); None = `vote` / `vote_local` (Keras).
+      steps: the label steps (see `Propagator`).
     Yields:
       (frame, (J, 2) joints in pixels) for every frame, the first included; joints that were NaN
       in the first frame stay NaN.
@@ -246,7 +238,7 @@ def propagate_keypoints(frames, first_joints, embed, config=PRESETS["default"], 
         for frame in _same_size(first, rest):
             yield frame, first_joints
         return
-    prop = Propagator(embed, config, step, local_step)
+    prop = Propagator(embed, config, steps)
     size = first.shape[:2]
     feature_size = prop.feature_size(*size)
     maps = keypoint_heatmaps(first_joints, size, feature_size)
