@@ -152,7 +152,8 @@ def test_propagator_runs_each_runtime_label_steps(runtimes, radius):
     config = dataclasses.replace(presets.PRESETS["default"], radius=radius, context=2, topk=5)
 
     def run(steps):
-        prop = Propagator(lambda x: feats[int(x[0, 0, 0, 0])].reshape(1, h, w, c), config, steps)
+        prop = Propagator(lambda x: feats[np.asarray(x)[:, 0, 0, 0].astype(int)].reshape(
+            -1, h, w, c), config, steps)
         return np.stack([x for _, x in prop.run(frames, labels0)])
 
     want = run(context.KERAS)

@@ -32,6 +32,8 @@ import tensorflow as tf
 
 from tc_keras.propagation.label_step import minmax_normalize, vote, vote_local
 from tc_keras.propagation.tiles import local_tiles, radius_mask
+from tc_keras.propagation.window_step import WindowStep
+from tc_keras.propagation.windows import key_windows
 
 # Upper bound on the number of logits (M * Q * N, or their local equivalent) and of gathered key
 # features (`vote_local`) computed at once; bounds the step's memory.
@@ -62,15 +64,19 @@ class LabelSteps:
       host: False: the functions take and return TensorFlow tensors and are traced into the
         compiled step. True: they take and return NumPy arrays (a TFLite interpreter) and run
         inside the step through `tf.numpy_function`.
+      windows: with a radius and the joint top-k, run `window_step.WindowStep` (key tiles
+        against query windows; the same labels as `local_step`, faster) instead of
+        `local_step`: TensorFlow only (the context lays out its ring for it).
     """
 
     name: str
     step: Callable
     local_step: Callable | None = None
     host: bool = False
+    windows: bool = False
 
 
-KERAS = LabelSteps("keras", vote, vote_local)
+KERAS = LabelSteps("keras", vote, vote_local, windows=True)
 DENSE = LabelSteps("dense", vote)
 
 
@@ -122,29 +128,37 @@ class Context(tf.Module):
         self.config, self.steps = config, steps
         self.first_feats = tf.Variable(first_feats[None], trainable=False)  # (1, N, C)
         self.first_labels = tf.Variable(first_labels[None], trainable=False)  # (1, N, K)
-        # (N, C) -> (N, S, C): every slot a copy of the first frame.
-        self.feats = tf.Variable(tf.repeat(first_feats[:, None], short, axis=1), trainable=False)
-        self.labels = tf.Variable(tf.repeat(first_labels[:, None], short, axis=1),
-                                  trainable=False)
         self.slot = tf.Variable(0, trainable=False)
         kwargs = dict(topk=min(config.topk, n), temperature=config.temperature,
                       joint_topk=config.joint_topk)
-        if config.radius is not None and short and steps.local_step is not None:
-            label_step = self._local(height, width, channels, kwargs)
+        restricted = config.radius is not None and short
+        if restricted and steps.windows and config.joint_topk and not steps.host:
+            label_step, write = self._windows(height, width, first_feats, first_labels, kwargs)
         else:
-            label_step = self._dense(height, width, kwargs)
-        positions = tf.range(n)
+            # (N, C) -> (N, S, C): every slot a copy of the first frame, position-major.
+            self.feats = tf.Variable(tf.repeat(first_feats[:, None], short, axis=1),
+                                     trainable=False)
+            self.labels = tf.Variable(tf.repeat(first_labels[:, None], short, axis=1),
+                                      trainable=False)
+            if restricted and steps.local_step is not None:
+                label_step = self._local(height, width, channels, kwargs)
+            else:
+                label_step = self._dense(height, width, kwargs)
+            positions = tf.range(n)
+
+            def write(query, pred):
+                # Ring slot `slot` of every position; a scatter updates in place (a
+                # strided-slice assignment would copy the whole ring after the step's gathers).
+                index = tf.stack([positions, tf.fill([n], self.slot)], -1)  # (N, 2)
+                self.feats.scatter_nd_update(index, query)
+                self.labels.scatter_nd_update(index, pred)
 
         def step(query):
             pred = label_step(query)
             if config.minmax:
                 pred = minmax_normalize(pred)
             if short:
-                # Ring slot `slot` of every position; a scatter updates in place (a strided-slice
-                # assignment would copy the whole ring after the step's gathers).
-                index = tf.stack([positions, tf.fill([n], self.slot)], -1)  # (N, 2)
-                self.feats.scatter_nd_update(index, query)
-                self.labels.scatter_nd_update(index, pred)
+                write(query, pred)
                 self.slot.assign((self.slot + 1) % short)
             return pred
 
@@ -178,6 +192,33 @@ class Context(tf.Module):
             out = tf.concat(out, 0)  # (T, P, K)
             return tf.gather(tf.reshape(out, (-1, k)), slot)  # (T*P, K) -> (N, K)
         return label_step
+
+    def _windows(self, height, width, first_feats, first_labels, kwargs):
+        """The ring in `window_step`'s layout; its label step and ring write."""
+        n, short = height * width, self.config.context
+        steps = WindowStep(key_windows(height, width, self.config.radius, short, MAX_LOGITS),
+                           n, short, MAX_LOGITS)
+        # (T*a, b, C + A) -> (T, a, S, b, C + A) and (N, K) -> (S, N, K): every slot the first
+        # frame.
+        self.feats = tf.Variable(steps.ring(tf.repeat(first_feats[None], short, 0)),
+                                 trainable=False)
+        self.labels = tf.Variable(tf.repeat(first_labels[None], short, 0), trainable=False)
+        # Ring rows (tile, tile row) of the slot written: (T*a, 3) with the slot last.
+        tiles, a = self.feats.shape[:2]
+        rows = np.stack(np.divmod(np.arange(tiles * a), a), -1).astype(np.int32)
+
+        def label_step(query):
+            # One dense read of the ring: the scatter below puts the variable in TensorFlow's
+            # copy-on-read mode, where every read copies it (slices of this one then alias it).
+            return steps(self.first_feats[0], self.first_labels[0], self.feats.value(),
+                         self.labels.value(), query, topk=kwargs["topk"],
+                         temperature=kwargs["temperature"])
+
+        def write(query, pred):
+            index = tf.concat([rows, tf.fill((len(rows), 1), self.slot)], -1)  # (T*a, 3)
+            self.feats.scatter_nd_update(index, steps.ring_frame(query))
+            self.labels.scatter_nd_update(self.slot[None, None], pred[None])
+        return label_step, write
 
     def _dense(self, height, width, kwargs):
         n, short, k = height * width, self.config.context, self.first_labels.shape[-1]

@@ -23,6 +23,8 @@ Shape legend: B batch, M context frames, H W frame size, h w feature size (strid
 Q query positions, C channels, K label channels, J joints.
 """
 
+import itertools
+
 import numpy as np
 import tensorflow as tf
 from keras import ops
@@ -30,6 +32,10 @@ from keras import ops
 from tc_keras.propagation.context import KERAS, Context
 from tc_keras.model.encoder import FEATURE_STRIDE
 from tc_keras.propagation.presets import PRESETS, model_size
+
+# Frames per encoder call: at 480p a ResNet-18 costs about 12% less CPU per frame two at a time
+# than one at a time (bench/RESULTS.md, issue 22), four gain nothing more.
+EMBED_BATCH = 2
 
 # Keypoint heatmaps: Gaussian sigma in feature cells, and the number of top locations whose
 # weighted mean gives the keypoint back (docs/METHOD.md, "Label propagation").
@@ -83,16 +89,18 @@ class Propagator:
         mh, mw = model_size(height, width, self.config)
         return mh // FEATURE_STRIDE, mw // FEATURE_STRIDE
 
-    def _features(self, frame):
-        """(N, C) features of a uint8 (H, W, 3) frame at the model size (a tensor or an array)."""
-        mh, mw = model_size(frame.shape[0], frame.shape[1], self.config)
-        feats = self.embed(resize_frame(frame, mh, mw)[None])
-        expected = (1, mh // FEATURE_STRIDE, mw // FEATURE_STRIDE)
+    def _features(self, frames):
+        """(B, N, C) features of B uint8 (H, W, 3) frames of one size, embedded in one call at
+        the model size."""
+        mh, mw = model_size(frames[0].shape[0], frames[0].shape[1], self.config)
+        feats = self.embed(ops.stack([resize_frame(frame, mh, mw) for frame in frames]))
+        expected = (len(frames), mh // FEATURE_STRIDE, mw // FEATURE_STRIDE)
         if tuple(feats.shape[:3]) != expected:
             raise ValueError(f"embed returned features {tuple(feats.shape[1:3])} for a {mh}x{mw} "
                              f"frame; expected {expected[1:]} (stride {FEATURE_STRIDE})")
-        # (1, h, w, C) -> (N, C) float32 (an embed may return float64 arrays, bfloat16 tensors)
-        return ops.cast(ops.reshape(feats, (expected[1] * expected[2], -1)), "float32")
+        # (B, h, w, C) -> (B, N, C) float32 (an embed may return float64 arrays, bfloat16 tensors)
+        return ops.cast(ops.reshape(feats, (len(frames), expected[1] * expected[2], -1)),
+                        "float32")
 
     def run(self, frames, first_labels):
         """Yields (frame, labels (h, w, K) float32) for every frame, the first included.
@@ -111,15 +119,22 @@ class Propagator:
         if first_labels.shape[:2] != (h, w):
             raise ValueError(f"first-frame labels are {first_labels.shape[:2]}, expected the "
                              f"feature size {(h, w)}")
-        feats0 = self._features(first)
+        feats0 = self._features([first])[0]
         labels0 = first_labels.reshape(h * w, -1)  # (h, w, K) -> (N, K)
         self.context = context = Context(feats0, labels0, h, w, self.config, self.steps)
         yield first, first_labels
-        for t, frame in enumerate(it, start=1):
-            if frame.shape != first.shape:
-                raise ValueError(f"frame {t} is {frame.shape}, the first frame {first.shape}")
-            pred = context.step(self._features(frame))  # (N, K)
-            yield frame, np.asarray(pred, np.float32).reshape(h, w, -1)
+        # The encoder takes EMBED_BATCH frames per call (decoding runs ahead in the tools); the
+        # label steps then run one frame after the other.
+        t = 1
+        while batch := list(itertools.islice(it, EMBED_BATCH)):
+            for i, frame in enumerate(batch):
+                if frame.shape != first.shape:
+                    raise ValueError(f"frame {t + i} is {frame.shape}, the first frame "
+                                     f"{first.shape}")
+            for frame, feats in zip(batch, ops.unstack(self._features(batch))):
+                pred = context.step(feats)  # (N, K)
+                yield frame, np.asarray(pred, np.float32).reshape(h, w, -1)
+            t += len(batch)
 
 
 def _peek(frames):
