@@ -140,12 +140,16 @@ def test_propagate_local_signature_is_vote_local(runtimes, joint_topk, radius):
         np.testing.assert_allclose(got, want, atol=1e-6, err_msg=name)
 
 
-@pytest.mark.parametrize("radius", [1.5, None])
-def test_propagator_runs_each_runtime_label_steps(runtimes, radius):
+@pytest.mark.parametrize("radius, max_logits", [(1.5, None), (None, None), (1.5, 20000)])
+def test_propagator_runs_each_runtime_label_steps(runtimes, radius, max_logits, monkeypatch):
     """`Propagator(steps=runtime.label_steps)`: the SavedModel's signatures traced into the
-    compiled step, TFLite's on arrays; both give the Keras path's labels over a few frames."""
+    compiled step, TFLite's on arrays; both give the Keras path's labels over a few frames. In
+    chunks (`max_logits`: 3 tiles, one per call) the compiled step calls an interpreter from
+    several threads at once."""
+    h, w, c = (4, 6, 16) if max_logits is None else (12, 16, 16)
+    if max_logits:
+        monkeypatch.setattr(context, "MAX_LOGITS", max_logits)
     rng = np.random.default_rng(3)
-    h, w, c = 4, 6, 16
     feats, _ = _unit_features_and_labels(rng, 5, h * w, c, 1)  # (T, N, C) per frame
     frames = [np.full((h * 8, w * 8, 3), t, np.uint8) for t in range(len(feats))]
     labels0 = rng.random((h, w, 3)).astype(np.float32)

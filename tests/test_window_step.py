@@ -74,7 +74,7 @@ def test_key_windows_cover_the_radius_once_in_vote_order():
     h, w, radius, a, b = 11, 13, 2.5, 3, 4
     windows = W.key_windows(h, w, radius, 2, 2 ** 25, (a, b))
     mask = tiles_lib.radius_mask(h, w, radius)
-    tiles, q_max, slots = windows.bias.shape
+    tiles, _, slots = windows.bias.shape
     assert slots == a * b and windows.key_position.shape == (tiles, slots)
     real = windows.key_position[windows.key_position >= 0]
     np.testing.assert_array_equal(np.sort(real), np.arange(h * w))  # every key in one tile

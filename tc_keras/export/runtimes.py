@@ -14,6 +14,7 @@ positions, C channels, K label channels.
 """
 
 import pathlib
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -137,7 +138,8 @@ class TFLiteRuntime:
 
     The `embed` graph in TFLite does not check that H and W are multiples of 8 (the converter
     drops asserts); `embed` here checks it in Python. `step`, `local_step` and `label_steps` as
-    `SavedModelRuntime`'s, on NumPy arrays (`label_steps.host`).
+    `SavedModelRuntime`'s, on NumPy arrays (`label_steps.host`). An interpreter runs one call at a
+    time (a compiled step may call it from several threads at once): calls take a lock.
     """
 
     def __init__(self, path, num_threads=None):
@@ -160,25 +162,29 @@ class TFLiteRuntime:
             raise ValueError(f"{path}: lacks signatures {missing} (not a tc_keras export?)")
         self._runners = {s: self._interpreter.get_signature_runner(s) for s in SIGNATURES
                          if s in available}
+        self._lock = threading.Lock()
         if not all(s in available for s in LOCAL_SIGNATURES):
             self.local_step = None
         self.label_steps = LabelSteps(f"TFLite {path}", self.step, self.local_step, host=True)
 
+    def _run(self, signature, **inputs):
+        with self._lock:
+            return self._runners[signature](**inputs)
+
     def embed(self, frames):
-        return self._runners["embed"](frames=_check_frames(frames))["features"]
+        return self._run("embed", frames=_check_frames(frames))["features"]
 
     def step(self, context_feats, context_labels, queries, allowed=None, short_term=None, *,
              topk, temperature, joint_topk=True):
-        runner = self._runners["propagate" if joint_topk else "propagate_per_frame"]
-        return runner(**_step_inputs(_as_numpy, context_feats, context_labels, queries, allowed,
-                                     short_term, topk, temperature))["labels"]
+        inputs = _step_inputs(_as_numpy, context_feats, context_labels, queries, allowed,
+                              short_term, topk, temperature)
+        return self._run("propagate" if joint_topk else "propagate_per_frame", **inputs)["labels"]
 
     def local_step(self, long_feats, long_labels, short_feats, short_labels, queries, key_index,
                    allowed, *, topk, temperature, joint_topk=True):
-        runner = self._runners[LOCAL_SIGNATURES[0 if joint_topk else 1]]
-        return runner(**_local_step_inputs(_as_numpy, long_feats, long_labels, short_feats,
-                                           short_labels, queries, key_index, allowed, topk,
-                                           temperature))["labels"]
+        inputs = _local_step_inputs(_as_numpy, long_feats, long_labels, short_feats,
+                                    short_labels, queries, key_index, allowed, topk, temperature)
+        return self._run(LOCAL_SIGNATURES[0 if joint_topk else 1], **inputs)["labels"]
 
 
 def load_runtime(spec, num_threads=None):

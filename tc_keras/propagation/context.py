@@ -8,15 +8,17 @@ oldest. Nothing of the context is copied between Python and TensorFlow per frame
 
 Which functions compute the labels is chosen explicitly, by a `LabelSteps`:
 
-- `KERAS`: `label_step.vote_local` with a radius (`vote` without), traced into the step: the
-  fast path, and the default.
-- `DENSE`: `vote` everywhere, with the dense radius mask: the reference `vote_local` is held to.
+- `KERAS`: with a radius and the joint top-k, `window_step.WindowStep` (key tiles against query
+  windows); with a radius and per-frame top-k, `label_step.vote_local`; `vote` without a radius.
+  Traced into the step: the fast path, and the default.
+- `DENSE`: `vote` everywhere, with the dense radius mask: the reference the others are held to.
 - an exported model's steps (`tc_keras.export.runtimes`, `runtime.label_steps`): a SavedModel's
   signatures are TensorFlow functions and are traced into the step as they are; a TFLite
   interpreter takes NumPy arrays and runs inside the step through `tf.numpy_function` (`host`).
 
-The ring is position-major, (N, S, C), the layout `vote_local` gathers regions from; at the start
-every slot holds a copy of the first frame (docs/METHOD.md, "CRW protocol"); slot (t - 1) % S
+The ring is position-major, (N, S, C), the layout `vote_local` gathers regions from (the key
+windows lay it out their own way: `window_step`); at the start every slot holds a copy of the
+first frame (docs/METHOD.md, "CRW protocol"); slot (t - 1) % S
 holds frame t, so the context frames are ordered (first, slot 0, ..., slot S-1), as `vote` breaks
 ties.
 

@@ -9,13 +9,14 @@ Three layers, so that each can be reused or exported on its own:
   traced into a SavedModel / TFLite signature.
   `vote_local` is the same step for a spatial radius, computing only the logits it needs
   (several times faster at 480p); `vote` with a radius mask is its reference.
+  `tc_keras.propagation.window_step` is the compiled path's form of it (key windows).
 - `Propagator`: streams frames (generator in, generator out), embeds each frame once with any
   callable `embed(frames_uint8 (B, H, W, 3)) -> (B, h, w, C)` (L2-normalised), keeps only the
   context (first frame + N previous; `tc_keras.propagation.context`: graph state and a compiled
-  step, whatever the runtime) in fixed-size buffers, so memory does not grow with the length of the video,
-  and feeds its own soft predictions back as context (recurrent). Which functions compute the
-  labels is an explicit argument, `steps` (`context.KERAS`, `context.DENSE`, or an exported
-  model's `label_steps`).
+  step, whatever the runtime) in fixed-size buffers, so memory does not grow with the length of
+  the video, and feeds its own soft predictions back as context (recurrent). Which functions
+  compute the labels is an explicit argument, `steps` (`context.KERAS`, `context.DENSE`, or an
+  exported model's `label_steps`).
 - `propagate_mask` / `propagate_keypoints`: label encodings (one-hot masks with object ids,
   Gaussian keypoint heatmaps) and their decoding at frame resolution.
 
@@ -69,7 +70,7 @@ class Propagator:
         features, h = H'/8, w = W'/8 (a tf.function, e.g. `encoder_io.make_embed`, keeps the
         frames in TensorFlow; any callable returning arrays works).
       config: a `PropagationConfig`.
-      steps: the label steps, a `context.LabelSteps`: `context.KERAS` (`vote_local` / `vote`
+      steps: the label steps, a `context.LabelSteps`: `context.KERAS` (key windows / `vote`
         compiled: the fast path), `context.DENSE` (`vote` with the dense radius mask: the
         reference) or an exported model's (`tc_keras.export.runtimes`: `runtime.label_steps`), so
         that every runtime runs the same step.
