@@ -9,8 +9,9 @@ step before and after issue 22 in the same process, and memory over time.
    default protocol (first + 20 previous frames, radius 12, joint top-10): frames decoded from
    JPEG (a thread ahead), propagated, the masks written as PNGs (a thread behind), as
    tools/propagate.py does. Each configuration runs with the label steps of today
-   (`context.KERAS`: key windows, `window_step`) and of before (`vote_local` over square key
-   regions, what commit b9206ce ran), --repeats times each, alternating, in this one process;
+   (`context.KERAS`: key windows, `window_step`), of before (`vote_local` over square key
+   regions, what commit b9206ce ran) and today's with the opt-in bfloat16 affinity
+   (`context.KERAS_BFLOAT16`, --bfloat16), --repeats times each, alternating, in this process;
    the float32 4096^2 matmul rate is measured right before each configuration.
    Printed per run: s/frame end to end (after 2 warm-up frames) and the process's CPU s/frame;
    the time in the encoder (resize + embed) and in the label step, each against its own floor
@@ -65,10 +66,14 @@ _LONG_FRAMES = flags.DEFINE_integer("long_frames", 400, "Length of the long vide
                                     "skips it.")
 _MEMORY_SIZE = flags.DEFINE_integer("memory_size", 120, "Short side (px) for the memory run.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Runs of each label step per configuration.")
+_BFLOAT16 = flags.DEFINE_bool("bfloat16", True, "Also time the opt-in bfloat16 affinity "
+                              "(context.KERAS_BFLOAT16).")
 
-# The label steps timed: today's, and those before issue 22 (the local step over square regions).
+# The label steps timed: today's, those before issue 22 (the local step over square regions), and
+# today's with the opt-in bfloat16 affinity (--bfloat16).
 STEPS = {"windows": context_lib.KERAS,
-         "before": context_lib.LabelSteps("before", context_lib.vote, context_lib.vote_local)}
+         "before": context_lib.LabelSteps("before", context_lib.vote, context_lib.vote_local),
+         "bf16": context_lib.KERAS_BFLOAT16}
 
 
 class Timed:
@@ -245,7 +250,8 @@ def main(argv):
                   "per CPU-second", flush=True)
             count = _FRAMES.value if size else max(2, _FRAMES.value // 2)
             runs = [(label, bench_speed(depth, size, steps, count))
-                    for _ in range(_REPEATS.value) for label, steps in STEPS.items()]
+                    for _ in range(_REPEATS.value) for label, steps in STEPS.items()
+                    if label != "bf16" or _BFLOAT16.value]
             report(depth, size, peak, runs)
     if _LONG_FRAMES.value >= 50:
         bench_memory(presets.PRESETS[_PRESET.value])

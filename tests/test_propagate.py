@@ -156,6 +156,21 @@ def test_local_and_dense_paths_propagate_the_same(radius):
             np.testing.assert_allclose(a, b, atol=1e-6, err_msg=f"{name}, frame {t}")
 
 
+def test_bfloat16_affinity_is_opt_in():
+    """`KERAS_BFLOAT16` keeps its ring in bfloat16 and propagates the exact synthetic video
+    exactly (codes one-hot: exact in bfloat16); the default keeps float32."""
+    video, masks = synthetic_video(frames=4)
+    assert context.KERAS.affinity is None
+    for steps, dtype in ((context.KERAS_BFLOAT16, "bfloat16"), (context.KERAS, "float32")):
+        prop = P.Propagator(code_embed, presets.PRESETS["default"], steps)
+        out = list(P.propagate_mask(iter(video), masks[0], code_embed, prop.config, steps))
+        for t, (_, pred) in enumerate(out):
+            np.testing.assert_array_equal(pred, masks[t] if t == 0 else ideal(masks[t]))
+        h, w = prop.feature_size(64, 64)
+        next(iter(prop.run(iter(video), np.ones((h, w, 2), np.float32))))
+        assert prop.context.feats.dtype.name == dtype
+
+
 def test_label_steps_are_chosen_explicitly():
     video, masks = synthetic_video(frames=2)
     with pytest.raises(TypeError, match="steps must be a LabelSteps"):

@@ -69,6 +69,9 @@ class LabelSteps:
       windows: with a radius and the joint top-k, run `window_step.WindowStep` (key tiles
         against query windows; the same labels as `local_step`, faster) instead of
         `local_step`: TensorFlow only (the context lays out its ring for it).
+      affinity: the dtype of the key windows' ring and matmuls: None (float32), or "bfloat16"
+        (opt-in, `KERAS_BFLOAT16`: faster on CPUs with AVX512-BF16, masks differ slightly from
+        `vote`'s; see `WindowStep`).
     """
 
     name: str
@@ -76,9 +79,12 @@ class LabelSteps:
     local_step: Callable | None = None
     host: bool = False
     windows: bool = False
+    affinity: str | None = None
 
 
 KERAS = LabelSteps("keras", vote, vote_local, windows=True)
+KERAS_BFLOAT16 = LabelSteps("keras bfloat16", vote, vote_local, windows=True,
+                            affinity="bfloat16")
 DENSE = LabelSteps("dense", vote)
 
 
@@ -199,7 +205,7 @@ class Context(tf.Module):
         """The ring in `window_step`'s layout; its label step and ring write."""
         n, short = height * width, self.config.context
         steps = WindowStep(key_windows(height, width, self.config.radius, short, MAX_LOGITS),
-                           n, short, MAX_LOGITS)
+                           n, short, MAX_LOGITS, self.steps.affinity)
         # (T*a, b, C + A) -> (T, a, S, b, C + A) and (N, K) -> (S, N, K): every slot the first
         # frame.
         self.feats = tf.Variable(steps.ring(tf.repeat(first_feats[None], short, 0)),
