@@ -15,7 +15,7 @@ from tc_keras.export import runtimes as runtime_lib
 from tc_keras.model.encoder import ResNetEncoder
 from tc_keras.propagation import context, presets
 from tc_keras.propagation.label_step import vote, vote_local
-from tc_keras.propagation.propagate import Propagator
+from tc_keras.propagation.propagate import Propagator, propagate_mask
 from tc_keras.propagation.tiles import local_tiles, radius_mask
 
 # Float32 features: Keras vs SavedModel vs TFLite differ by kernel summation order only
@@ -164,6 +164,19 @@ def test_propagator_runs_each_runtime_label_steps(runtimes, radius, max_logits, 
     for name in ("saved_model", "tflite"):
         np.testing.assert_allclose(run(runtimes[name].label_steps), want, atol=1e-5,
                                    err_msg=name)
+
+
+def test_propagator_runs_an_export_end_to_end(runtimes):
+    """A runtime's embed takes the uint8 frames the Propagator batches; masks from each runtime."""
+    frames = list(_frames(5, 64, 96))
+    mask = np.zeros((64, 96), np.uint8)
+    mask[16:40, 24:64] = 1
+    config = dataclasses.replace(presets.PRESETS["default"], radius=2.0, context=2)
+    for name in ("saved_model", "tflite"):
+        runtime = runtimes[name]
+        out = [m for _, m in propagate_mask(frames, mask, runtime.embed, config,
+                                            runtime.label_steps)]
+        assert len(out) == 5 and all(m.shape == (64, 96) for m in out), name
 
 
 def test_export_without_local_signatures_still_loads(tmp_path):

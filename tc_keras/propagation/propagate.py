@@ -94,7 +94,10 @@ class Propagator:
         """(B, N, C) features of B uint8 (H, W, 3) frames of one size, embedded in one call at
         the model size."""
         mh, mw = model_size(frames[0].shape[0], frames[0].shape[1], self.config)
-        feats = self.embed(ops.stack([resize_frame(frame, mh, mw) for frame in frames]))
+        # Each frame a uint8 tensor first: stacking a list of arrays would give int32, which
+        # exported embeds refuse.
+        feats = self.embed(tf.stack([tf.convert_to_tensor(resize_frame(frame, mh, mw))
+                                     for frame in frames]))
         expected = (len(frames), mh // FEATURE_STRIDE, mw // FEATURE_STRIDE)
         if tuple(feats.shape[:3]) != expected:
             raise ValueError(f"embed returned features {tuple(feats.shape[1:3])} for a {mh}x{mw} "
