@@ -23,6 +23,7 @@ T tiles, Q window slots, G = (window rows) blocks of one frame per query.
 """
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -130,11 +131,14 @@ def choose_key_tile(height, width, radius, short, max_logits):
     return best[1]
 
 
+@functools.lru_cache(maxsize=8)
 def key_windows(height, width, radius, short, max_logits, tile=None):
     """`KeyWindows` for an h x w map, a radius in feature cells and S short-term frames.
 
     Tiles are stored by decreasing window size and computed in chunks of at most `max_logits`
-    logits (a chunk's windows padded to its longest). `tile` None: `choose_key_tile`.
+    logits (a chunk's windows padded to its longest). `tile` None: `choose_key_tile`. Cached: a
+    dataset's videos of one size share them (about 1 s at 480p); their arrays are not to be
+    written.
     """
     if tile is None:
         tile = choose_key_tile(height, width, radius, short, max_logits)
