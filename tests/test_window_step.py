@@ -49,6 +49,19 @@ def test_window_step_equals_dense_vote(h, w, radius, tile, max_logits):
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
 
 
+def test_fewer_ring_candidates_than_k():
+    """Radius 0 and one ring frame: 2 short-term candidates per query for a top-10."""
+    rng = np.random.default_rng(4)
+    h, w, m, c = 5, 6, 2, 4
+    feats, labels = random_unit(rng, m, h, w, c), rng.uniform(size=(m, h, w, 2))
+    queries = random_unit(rng, h * w, c)
+    want = np.asarray(L.vote(feats.reshape(m, h * w, c), labels.reshape(m, h * w, 2), queries,
+                             tiles_lib.radius_mask(h, w, 0.0), np.arange(m) > 0, topk=10,
+                             temperature=0.1))
+    got = _windows_vote(feats, labels, queries, 0.0, (1, 2), 10, 0.1)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
 def test_window_step_breaks_ties_like_vote():
     """Features from 4 fixed vectors (the first frame all the fourth, queries from the others):
     exact ties at every level of similarity, the top-k's boundary among the ring's keys, blocks

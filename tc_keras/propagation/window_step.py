@@ -193,7 +193,9 @@ class WindowStep:
             got = ops.take(chunk, local * s + frame, axis=0)  # (N, kb, b)
             inside = ops.expand_dims((block >= start * a) & (block < (start + count) * a), -1)
             candidates = ops.where(inside, got, candidates)
-        values, picked = ops.top_k(ops.reshape(candidates, (n, -1)), topk)  # (N, kb*b) -> (N, k)
+        # (N, kb*b) -> (N, k); fewer when there are fewer candidates (the first frame has k).
+        candidates = ops.reshape(candidates, (n, -1))
+        values, picked = ops.top_k(candidates, min(topk, candidates.shape[-1]))
         picked = ops.cast(picked, "int32")
         block = ops.take_along_axis(block, picked // b, axis=-1)
         frame = ops.take_along_axis(frame, picked // b, axis=-1)
