@@ -11,11 +11,14 @@ temporary folder, then, in one process:
    the size the default native-resolution protocol feeds the encoder). One untimed warm-up call,
    then the median of --repeats calls. TFLite runs ai-edge-litert with --threads threads (XNNPACK).
 2. label step (default protocol: M = 21 context frames, joint top-10, radius 12 at the 60x107
-   feature size, N = 6420), chunked as the Propagator chunks it; --step_chunks chunks are timed
-   (after one warm-up) and the per-frame time is extrapolated to all chunks of a frame.
-   "dense": `propagate` (vote with the radius mask), chunks of MAX_LOGITS // (M*N) = 248 queries,
-   26 chunks. "local": `propagate_local` (vote_local, what the Propagator runs with a radius),
-   8x8-query tiles, chunks of a few tiles.
+   feature size, N = 6420). "dense": `propagate` (vote with the radius mask), chunked as the
+   context chunks it (MAX_LOGITS // (M*N) = 248 queries, 26 chunks); --step_chunks chunks are
+   timed (after one warm-up) and the per-frame time extrapolated to all chunks of a frame.
+   "local": a whole frame through `context.Context` with the runtime's `label_steps`, as
+   `Propagator` runs it: the exports' `propagate_local` (vote_local over square key regions; a
+   SavedModel's traced into the compiled step, a TFLite interpreter's called on arrays), Keras'
+   `context.KERAS` (the key windows of `window_step`) and, for comparison, Keras' `vote_local`;
+   one warm-up frame, then the median of --step_frames frames.
 3. Sizes on disk: the SavedModel folder and each .tflite file.
 
 Few repeats on a shared 2-core CPU: read the figures to about +-20%.
@@ -25,6 +28,7 @@ from tc_keras import cli
 
 cli.quiet_tensorflow()  # before the imports below load TensorFlow (see tc_keras/cli.py)
 
+import itertools
 import pathlib
 import statistics
 import tempfile
@@ -37,14 +41,15 @@ from tc_keras.export import encoder_io
 from tc_keras.export import graphs as export_lib
 from tc_keras.export import runtimes as runtime_lib
 from tc_keras.model.encoder import FEATURE_STRIDE
-from tc_keras.propagation import presets
-from tc_keras.propagation import propagate as prop
+from tc_keras.propagation import context, presets
 from tc_keras.propagation.label_step import vote, vote_local
-from tc_keras.propagation.tiles import local_tiles, radius_mask
+from tc_keras.propagation.tiles import radius_mask
 
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed embed calls per runtime (median reported).")
-_STEP_CHUNKS = flags.DEFINE_integer("step_chunks", 2, "Timed label-step chunks per runtime "
+_STEP_CHUNKS = flags.DEFINE_integer("step_chunks", 2, "Timed dense label-step chunks per runtime "
                                     "(0 = skip the label step).")
+_STEP_FRAMES = flags.DEFINE_integer("step_frames", 2, "Timed frames of the local label step per "
+                                    "runtime.")
 _THREADS = flags.DEFINE_integer("threads", 2, "TFLite interpreter threads (default 2).")
 _DEPTH = flags.DEFINE_enum("depth", "18", ["18", "50"], "ResNet depth (default 18).")
 
@@ -79,13 +84,15 @@ def main(argv):
                                     quantize=export_lib.QUANTIZATIONS)
         print(f"export (SavedModel + 3 .tflite): {time.perf_counter() - start:.1f} s")
         runtimes = {
-            "keras": (encoder_io.make_embed(encoder), vote, vote_local),
+            "keras": (encoder_io.make_embed(encoder), context.KERAS),
+            "keras vote_local": (None, context.LabelSteps("vote_local", vote, vote_local)),
             "saved_model": runtime_lib.SavedModelRuntime(written["saved_model"]),
             "tflite fp32": runtime_lib.TFLiteRuntime(written["tflite"], _THREADS.value),
             "tflite fp16": runtime_lib.TFLiteRuntime(written["tflite_fp16"], _THREADS.value),
             "tflite int8": runtime_lib.TFLiteRuntime(written["tflite_int8"], _THREADS.value),
         }
-        sizes = {"keras": None, "saved_model": _size(written["saved_model"]),
+        sizes = {"keras": None, "keras vote_local": None,
+                 "saved_model": _size(written["saved_model"]),
                  "tflite fp32": _size(written["tflite"]),
                  "tflite fp16": _size(written["tflite_fp16"]),
                  "tflite int8": _size(written["tflite_int8"])}
@@ -93,7 +100,7 @@ def main(argv):
         frame = np.random.default_rng(0).integers(0, 256, (1, HEIGHT, WIDTH, 3), np.uint8)
         h, w = HEIGHT // FEATURE_STRIDE, WIDTH // FEATURE_STRIDE
         n, m = h * w, 1 + config.context
-        chunk = max(1, prop.MAX_LOGITS // (m * n))
+        chunk = context.dense_chunk(m, n)
         num_chunks = -(-n // chunk)
         rng = np.random.default_rng(1)
         feats = rng.normal(size=(m, n, 512)).astype(np.float32)
@@ -101,41 +108,34 @@ def main(argv):
         labels = rng.random((m, n, 2)).astype(np.float32)
         allowed = radius_mask(h, w, config.radius)[:chunk]
         short_term = np.arange(m) > 0
-        # The local step: chunk size as in Propagator._local_step.
-        tiles = local_tiles(h, w, config.radius)
-        t, p = tiles.query_index.shape
-        r = tiles.key_index.shape[1]
-        local_chunk = max(1, prop.MAX_LOGITS // max(p * (n + (m - 1) * r),
-                                                 (m - 1) * r * feats.shape[-1]))
-        num_local_chunks = -(-t // local_chunk)
-        part = slice(0, local_chunk)
-        local_args = (feats[:1], labels[:1], np.ascontiguousarray(feats[1:].transpose(1, 0, 2)),
-                      np.ascontiguousarray(labels[1:].transpose(1, 0, 2)),
-                      feats[1][tiles.query_index[part]], tiles.key_index[part],
-                      tiles.allowed[part])
 
         print(f"\n{_DEPTH.value}-layer ResNet, frame {HEIGHT}x{WIDTH} -> features {h}x{w}; "
               f"label step M={m}, N={n}; dense: chunk {chunk} queries x {num_chunks} chunks/frame; "
-              f"local: {p}-query tiles, chunk {local_chunk} tiles x {num_local_chunks} "
-              f"chunks/frame; TFLite threads {_THREADS.value}; embed median of {_REPEATS.value}, "
-              f"step median of {_STEP_CHUNKS.value} chunks")
-        print(f"{'runtime':<13} {'embed s/frame':>14} {'dense step s/frame':>19} "
+              f"local: whole frames; TFLite threads {_THREADS.value}; embed median of "
+              f"{_REPEATS.value}, dense step median of {_STEP_CHUNKS.value} chunks, local median "
+              f"of {_STEP_FRAMES.value} frames")
+        print(f"{'runtime':<17} {'embed s/frame':>14} {'dense step s/frame':>19} "
               f"{'local step s/frame':>19} {'size MB':>8}")
         kwargs = dict(topk=config.topk, temperature=config.temperature,
                       joint_topk=config.joint_topk)
         for name, runtime in runtimes.items():
-            embed, step, local_step = runtime if name == "keras" else (
-                runtime.embed, runtime.step, runtime.local_step)
-            t_embed = _median_time(lambda: np.asarray(embed(frame)), _REPEATS.value)
-            t_step = t_local = float("nan")
-            if _STEP_CHUNKS.value:
-                t_step = num_chunks * _median_time(lambda: np.asarray(step(
+            embed, steps = runtime if name.startswith("keras") else (runtime.embed,
+                                                                     runtime.label_steps)
+            t_embed = t_step = t_local = float("nan")
+            if embed is not None:
+                t_embed = _median_time(lambda e=embed: np.asarray(e(frame)), _REPEATS.value)
+            if _STEP_CHUNKS.value and name != "keras vote_local":
+                t_step = num_chunks * _median_time(lambda s=steps: np.asarray(s.step(
                     feats, labels, feats[1, :chunk], allowed, short_term, **kwargs)),
                     _STEP_CHUNKS.value)
-                t_local = num_local_chunks * _median_time(
-                    lambda: np.asarray(local_step(*local_args, **kwargs)), _STEP_CHUNKS.value)
+            if _STEP_FRAMES.value:
+                ctx = context.Context(feats[0], labels[0], h, w, config, steps)
+                queries = itertools.cycle(range(1, m))  # the context frames as queries
+                t_local = _median_time(
+                    lambda c=ctx, q=queries: np.asarray(c.step(feats[next(q)])),
+                    _STEP_FRAMES.value)
             size = "-" if sizes[name] is None else f"{sizes[name] / 1e6:.1f}"
-            print(f"{name:<13} {t_embed:>14.3f} {t_step:>19.2f} {t_local:>19.2f} {size:>8}",
+            print(f"{name:<17} {t_embed:>14.3f} {t_step:>19.2f} {t_local:>19.2f} {size:>8}",
                   flush=True)
 
 

@@ -22,19 +22,26 @@ print(2 * n ** 3 / best)
 """
 
 
-def matmul_flops_per_second(n=4096, repeats=5):
-    """TensorFlow's float32 n x n matmul FLOP/s, best of `repeats` after one warm-up product."""
+def matmul_rates(n=4096, repeats=5):
+    """(FLOP/s, FLOP per CPU-second of this process) of TensorFlow's float32 n x n matmul, best of
+    `repeats` after one warm-up product (the CPU rate holds steadier on a shared machine)."""
     import tensorflow as tf  # noqa: PLC0415 (imported by the caller, after its quiet start-up)
 
     a, b = tf.random.normal((n, n)), tf.random.normal((n, n))
     mm = tf.function(lambda x, y: tf.reduce_sum(tf.matmul(x, y)))
     float(mm(a, b))
-    best = float("inf")
+    wall = cpu = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, used = time.perf_counter(), time.process_time()
         float(mm(a, b))
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best
+        wall = min(wall, time.perf_counter() - start)
+        cpu = min(cpu, time.process_time() - used)
+    return 2 * n ** 3 / wall, 2 * n ** 3 / cpu
+
+
+def matmul_flops_per_second(n=4096, repeats=5):
+    """TensorFlow's float32 n x n matmul FLOP/s (`matmul_rates`' first figure)."""
+    return matmul_rates(n, repeats)[0]
 
 
 def torch_matmul_flops_per_second(n=4096):

@@ -1,24 +1,31 @@
-r"""Propagation benchmark: s/frame end to end against the arithmetic floor, and memory over time.
+r"""Propagation benchmark: s/frame end to end against the arithmetic floor, per stage, the label
+step before and after issue 22 in the same process, and memory over time.
 
-  python bench/propagate.py                   # ~5 minutes on 2 CPU cores
+  python bench/propagate.py --davis_root ../shared/data/davis2016-dev    # ~10 min on 2 cores
   python bench/propagate.py --sizes 240 --depths 18 --frames 8 --long_frames 0   # quicker
 
 1. Speed, for each encoder (random-init ResNet-18 / -50; trained weights cost the same) and each
    size (--sizes: short side in px, 0 = native 854x480), on a real DAVIS dev sequence with the
    default protocol (first + 20 previous frames, radius 12, joint top-10): frames decoded from
    JPEG (a thread ahead), propagated, the masks written as PNGs (a thread behind), as
-   tools/propagate.py does. Printed: s/frame end to end (after 2 warm-up frames), the time in the
-   encoder (resize + embed) and in the label step, the rest (decoding, writing, upsampling the
-   labels: mostly overlapped), and the arithmetic floor: the FLOPs of the encoder (counted by
-   TensorFlow's profiler on its graph) and of the label step, divided by the FLOP/s of a float32
-   4096^2 matmul measured in the same process. The label step's FLOPs are given two ways:
-   `exact`, the products the protocol needs (every query against the first frame, and against
-   the keys within the radius in the 20 others); `tiled`, what `vote_local` computes (each tile
-   of queries against its whole key region).
+   tools/propagate.py does. Each configuration runs with the label steps of today
+   (`context.KERAS`: key windows, `window_step`), of before (`vote_local` over square key
+   regions, what commit b9206ce ran) and today's with the opt-in bfloat16 affinity
+   (`context.KERAS_BFLOAT16`, --bfloat16), --repeats times each, alternating, in this process;
+   the float32 4096^2 matmul rate is measured right before each configuration.
+   Printed per run: s/frame end to end (after 2 warm-up frames) and the process's CPU s/frame;
+   the time in the encoder (resize + embed) and in the label step, each against its own floor
+   (its FLOPs at the matmul rate); the rest (decoding, writing, upsampling the labels: mostly
+   overlapped); the end-to-end time against the exact floor. FLOPs: the encoder's counted by
+   TensorFlow's profiler on its graph; the label step's `exact`, the products the protocol needs
+   (every query against the first frame, and against the keys within the radius in the 20
+   others), and `computed`, what the step's matmuls do (square regions of `vote_local`, or the
+   key tiles against their windows, padding and bias channels included).
 2. Memory: RSS after 50 frames and after --long_frames frames of one stream (generated 480p
    frames propagated at --memory_size): it must not grow with the video length.
 
-Figures only; nothing is asserted.
+Figures only; nothing is asserted. The machine may be shared: read wall-clock figures with the
+CPU column beside them, and ratios taken within one run.
 """
 
 from tc_keras import cli
@@ -44,6 +51,7 @@ from tc_keras.propagation import context as context_lib
 from tc_keras.propagation import presets
 from tc_keras.propagation import propagate as prop
 from tc_keras.propagation.tiles import local_tiles, radius_mask
+from tc_keras.propagation.windows import key_windows
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _DAVIS = flags.DEFINE_string("davis_root", str(ROOT.parent / "shared" / "data" / "davis2016-dev"),
@@ -57,6 +65,15 @@ _PRESET = flags.DEFINE_enum("preset", "default", sorted(presets.PRESETS), "Proto
 _LONG_FRAMES = flags.DEFINE_integer("long_frames", 400, "Length of the long video (memory); 0 "
                                     "skips it.")
 _MEMORY_SIZE = flags.DEFINE_integer("memory_size", 120, "Short side (px) for the memory run.")
+_REPEATS = flags.DEFINE_integer("repeats", 2, "Runs of each label step per configuration.")
+_BFLOAT16 = flags.DEFINE_bool("bfloat16", True, "Also time the opt-in bfloat16 affinity "
+                              "(context.KERAS_BFLOAT16).")
+
+# The label steps timed: today's, those before issue 22 (the local step over square regions), and
+# today's with the opt-in bfloat16 affinity (--bfloat16).
+STEPS = {"windows": context_lib.KERAS,
+         "before": context_lib.LabelSteps("before", context_lib.vote, context_lib.vote_local),
+         "bf16": context_lib.KERAS_BFLOAT16}
 
 
 class Timed:
@@ -84,46 +101,53 @@ def encoder_flops(encoder, height, width):
     return tf.compat.v1.profiler.profile(graph, options=opts).total_float_ops
 
 
-def label_step_flops(h, w, config, channels):
-    """(exact, tiled) FLOPs of one label step: 2 C per query-key product."""
+def label_step_flops(h, w, config, channels, steps):
+    """(exact, computed) FLOPs of one label step: 2 C per query-key product."""
     n, short = h * w, config.context
     if config.radius is None or not short:
         dense = 2 * channels * n * n * (1 + short)
         return dense, dense
     exact = n * n + short * int(radius_mask(h, w, config.radius).sum())
+    if steps.windows and config.joint_topk:
+        windows = key_windows(h, w, config.radius, short, context_lib.MAX_LOGITS)
+        a, b = windows.tile
+        slots = sum((t1 - t0) * q for t0, t1, q in windows.chunks)
+        # The first frame dense; the windows against S frames of a*b keys, a*b bias channels.
+        return 2 * channels * exact, 2 * channels * n * n + 2 * (channels + a * b) * (
+            slots * short * a * b)
     tiles = local_tiles(h, w, config.radius)
     t, p = tiles.query_index.shape
-    tiled = t * p * (n + short * tiles.key_index.shape[1])
-    return 2 * channels * exact, 2 * channels * tiled
+    return 2 * channels * exact, 2 * channels * t * p * (n + short * tiles.key_index.shape[1])
 
 
-def bench_speed(depth, size, peak, frames):
+def bench_speed(depth, size, steps, frames):
+    """Seconds per frame: end to end, CPU, encoder, label step, PNG writing."""
     config = dataclasses.replace(presets.PRESETS[_PRESET.value], size=size or None)
     seq = pathlib.Path(_DAVIS.value) / davis.IMAGES / _SEQUENCE.value
     ids, fmt = label_io.read_mask(pathlib.Path(_DAVIS.value) / davis.ANNOTATIONS
                                   / _SEQUENCE.value / "00000.png")
     model = encoder_io.load_encoder_model("random", depth)
     embed = Timed(encoder_io.make_embed(model))
-    steps = []
+    timed = []
 
-    class TimedContext(context_lib.GraphContext):  # the label step, timed
+    class TimedContext(context_lib.Context):  # the label step, timed
         def __init__(self, *args):
             super().__init__(*args)
             self.step = Timed(self.step)
-            steps.append(self.step)
+            timed.append(self.step)
 
-    prop.GraphContext, original = TimedContext, prop.GraphContext
+    prop.Context, original = TimedContext, prop.Context
     out = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_propagate_{os.getpid()}"
     out.mkdir(parents=True, exist_ok=True)
     write = Timed(lambda path, mask: label_io.write_mask(path, mask, fmt))
     try:
         frames_in = video.prefetched(video.iter_frames(seq))
-        stream = prop.propagate_mask(frames_in, ids, embed, config)
+        stream = prop.propagate_mask(frames_in, ids, embed, config, steps)
         for t, (frame, mask) in zip(range(2), stream):  # frame 0 and the traced first step
             write(out / "warm.png", mask)
-        embed.seconds = steps[0].seconds = write.seconds = 0.0
+        embed.seconds = timed[0].seconds = write.seconds = 0.0
         with concurrent.futures.ThreadPoolExecutor(1) as writer:  # as the tool: a thread behind
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             count = 0
             for _, mask in stream:
                 writer.submit(write, out / f"{count:05d}.png", mask)
@@ -131,23 +155,35 @@ def bench_speed(depth, size, peak, frames):
                 if count == frames:
                     break
         total = (time.perf_counter() - start) / count
+        cpu = (time.process_time() - cpu) / count
     finally:
         frames_in.close()  # the decoding thread stops here, not at garbage collection
-        prop.GraphContext = original
+        prop.Context = original
         shutil.rmtree(out, ignore_errors=True)
-    first = next(video.iter_frames(seq))
+    return dict(total=total, cpu=cpu, encoder=embed.seconds / count,
+                step=timed[0].seconds / count, write=write.seconds / count, model=model,
+                config=config)
+
+
+def report(depth, size, peak, runs):
+    """One line per run: each stage against its floor at the matmul rate `peak` (FLOP/s, and
+    FLOP per CPU-second: the CPU time against the floor's, steadier on a shared machine)."""
+    peak, peak_cpu = peak
+    config, model = runs[0][1]["config"], runs[0][1]["model"]
+    first = next(video.iter_frames(pathlib.Path(_DAVIS.value) / davis.IMAGES / _SEQUENCE.value))
     mh, mw = presets.model_size(*first.shape[:2], config)
     enc = encoder_flops(model, mh, mw)
-    exact, tiled = label_step_flops(mh // 8, mw // 8, config, model.output_shape[-1])
-    e, s = embed.seconds / count, steps[0].seconds / count
-    floor, floor_tiled = (enc + exact) / peak, (enc + tiled) / peak
     name = f"ResNet-{depth} {'native 480p' if not size else f'size {size}'} ({mh}x{mw})"
-    print(f"{name}: {total:.3f} s/frame end to end over {count} frames | encoder {e:.3f} "
-          f"({100 * e / total:.0f}%), label step {s:.3f} ({100 * s / total:.0f}%), rest "
-          f"{total - e - s:.3f} (writing PNGs, {write.seconds / count:.3f}, overlaps) | FLOPs: "
-          f"encoder {enc / 1e9:.1f} G, label step exact {exact / 1e9:.1f} G / tiled "
-          f"{tiled / 1e9:.1f} G | floor {floor:.3f} s (x{total / floor:.1f}), tiled floor "
-          f"{floor_tiled:.3f} s (x{total / floor_tiled:.1f})", flush=True)
+    for label, run in runs:
+        exact, computed = label_step_flops(mh // 8, mw // 8, config, model.output_shape[-1],
+                                           STEPS[label])
+        t, e, s = run["total"], run["encoder"], run["step"]
+        print(f"{name}, {label:7s}: {t:.3f} s/frame (CPU {run['cpu']:.3f}) | encoder {e:.3f} "
+              f"(x{e * peak / enc:.1f} its floor) | label step {s:.3f} (x{s * peak / exact:.1f} "
+              f"exact, x{s * peak / computed:.1f} computed) | rest {t - e - s:.3f} (PNGs "
+              f"{run['write']:.3f}, overlap) | GFLOP encoder {enc / 1e9:.1f}, label exact "
+              f"{exact / 1e9:.1f} / computed {computed / 1e9:.1f} | x{t * peak / (enc + exact):.2f}"
+              f" exact floor (CPU x{run['cpu'] * peak_cpu / (enc + exact):.2f})", flush=True)
 
 
 def frames(count, seed=0, height=480, width=854):
@@ -193,12 +229,17 @@ def main(argv):
     if not (pathlib.Path(_DAVIS.value) / davis.IMAGES / _SEQUENCE.value).is_dir():
         raise FileNotFoundError(f"{_DAVIS.value}: no {davis.IMAGES}/{_SEQUENCE.value} (the DAVIS "
                                 "dev data)")
-    peak = peak_flops.matmul_flops_per_second()
-    print(f"{os.cpu_count()} CPUs; float32 4096^2 matmul {peak / 1e9:.1f} GFLOP/s; DAVIS "
-          f"{_SEQUENCE.value}, preset {_PRESET.value}", flush=True)
+    print(f"{os.cpu_count()} CPUs; DAVIS {_SEQUENCE.value}, preset {_PRESET.value}", flush=True)
     for size in (int(s) for s in _SIZES.value):
         for depth in (int(d) for d in _DEPTHS.value):
-            bench_speed(depth, size, peak, _FRAMES.value if size else max(2, _FRAMES.value // 2))
+            peak = peak_flops.matmul_rates()
+            print(f"float32 4096^2 matmul {peak[0] / 1e9:.1f} GFLOP/s, {peak[1] / 1e9:.1f} GFLOP "
+                  "per CPU-second", flush=True)
+            count = _FRAMES.value if size else max(2, _FRAMES.value // 2)
+            runs = [(label, bench_speed(depth, size, steps, count))
+                    for _ in range(_REPEATS.value) for label, steps in STEPS.items()
+                    if label != "bf16" or _BFLOAT16.value]
+            report(depth, size, peak, runs)
     if _LONG_FRAMES.value >= 50:
         bench_memory(presets.PRESETS[_PRESET.value])
 

@@ -1,6 +1,7 @@
 """tc_keras.export.graphs: SavedModel and TFLite graphs agree with the Keras path; loaders; errors."""
 
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -15,7 +16,9 @@ from tc_keras.export import encoder_io
 from tc_keras.export import graphs as export
 from tc_keras.export import runtimes as runtime_lib
 from tc_keras.model.encoder import ResNetEncoder
+from tc_keras.propagation import context, presets
 from tc_keras.propagation.label_step import vote, vote_local
+from tc_keras.propagation.propagate import Propagator, propagate_mask
 from tc_keras.propagation.tiles import local_tiles, radius_mask
 
 # Float32 features: Keras vs SavedModel vs TFLite differ by kernel summation order only
@@ -149,6 +152,45 @@ def test_propagate_local_signature_is_vote_local(runtimes, joint_topk, radius):
     for name, runtime in runtimes.items():
         got = runtime.local_step(*args, **kwargs)
         np.testing.assert_allclose(got, want, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("radius, max_logits", [(1.5, None), (None, None), (1.5, 20000)])
+def test_propagator_runs_each_runtime_label_steps(runtimes, radius, max_logits, monkeypatch):
+    """`Propagator(steps=runtime.label_steps)`: the SavedModel's signatures traced into the
+    compiled step, TFLite's on arrays; both give the Keras path's labels over a few frames. In
+    chunks (`max_logits`: 3 tiles, one per call) the compiled step calls an interpreter from
+    several threads at once."""
+    h, w, c = (4, 6, 16) if max_logits is None else (12, 16, 16)
+    if max_logits:
+        monkeypatch.setattr(context, "MAX_LOGITS", max_logits)
+    rng = np.random.default_rng(3)
+    feats, _ = _unit_features_and_labels(rng, 5, h * w, c, 1)  # (T, N, C) per frame
+    frames = [np.full((h * 8, w * 8, 3), t, np.uint8) for t in range(len(feats))]
+    labels0 = rng.random((h, w, 3)).astype(np.float32)
+    config = dataclasses.replace(presets.PRESETS["default"], radius=radius, context=2, topk=5)
+
+    def run(steps):
+        prop = Propagator(lambda x: feats[np.asarray(x)[:, 0, 0, 0].astype(int)].reshape(
+            -1, h, w, c), config, steps)
+        return np.stack([x for _, x in prop.run(frames, labels0)])
+
+    want = run(context.KERAS)
+    for name in ("saved_model", "tflite"):
+        np.testing.assert_allclose(run(runtimes[name].label_steps), want, atol=1e-5,
+                                   err_msg=name)
+
+
+def test_propagator_runs_an_export_end_to_end(runtimes):
+    """A runtime's embed takes the uint8 frames the Propagator batches; masks from each runtime."""
+    frames = list(_frames(5, 64, 96))
+    mask = np.zeros((64, 96), np.uint8)
+    mask[16:40, 24:64] = 1
+    config = dataclasses.replace(presets.PRESETS["default"], radius=2.0, context=2)
+    for name in ("saved_model", "tflite"):
+        runtime = runtimes[name]
+        out = [m for _, m in propagate_mask(frames, mask, runtime.embed, config,
+                                            runtime.label_steps)]
+        assert len(out) == 5 and all(m.shape == (64, 96) for m in out), name
 
 
 def test_export_without_local_signatures_still_loads(tmp_path):

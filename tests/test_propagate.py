@@ -280,34 +280,63 @@ def test_mask_propagation_keeps_object_ids_and_chunking_is_invisible(monkeypatch
 
 @pytest.mark.parametrize("radius", [1.0, None])
 def test_local_and_dense_paths_propagate_the_same(radius):
-    """Random features over a few frames: `vote_local` and dense `vote` give the same labels; no
-    radius takes the dense path."""
+    """Random features over a few frames: `vote_local` and dense `vote` give the same labels,
+    traced into the step or run on NumPy arrays (`host`, as a TFLite interpreter); no radius takes
+    the dense step."""
     rng = np.random.default_rng(4)
     feats = random_unit(rng, 6, 5, 7, 8).astype(np.float32)  # (T, h, w, C) per frame
     frames = [np.full((5 * CELL, 7 * CELL, 3), t, np.uint8) for t in range(len(feats))]
     calls = []
 
-    def embed(x):
-        return feats[int(x[0, 0, 0, 0])][None]
+    def embed(x):  # frame t (all pixels t) -> feats[t], for each frame of the batch
+        return feats[np.asarray(x)[:, 0, 0, 0].astype(int)]
 
     def counted(*args, **kwargs):
         calls.append(1)
-        return label_step.vote_local(*args, **kwargs)
+        return np.asarray(label_step.vote_local(*args, **kwargs))
+
+    def on_arrays(*args, **kwargs):
+        assert all(a is None or isinstance(a, np.ndarray) for a in args)
+        return np.asarray(label_step.vote(*args, **kwargs))
 
     config = dataclasses.replace(presets.PRESETS["default"], radius=radius, context=3, topk=4)
     labels0 = rng.uniform(size=(5, 7, 2)).astype(np.float32)
-    # Only a local step given: the dense parts take `vote`.
-    local = [x for _, x in P.Propagator(embed, config, local_step=counted).run(frames, labels0)]
+
+    def run(steps, embed=embed):
+        return [x for _, x in P.Propagator(embed, config, steps).run(frames, labels0)]
+
+    dense = run(context.DENSE)
+    host = run(context.LabelSteps("host", on_arrays, counted, host=True))
     assert bool(calls) == (radius is not None)
-    dense = [x for _, x in P.Propagator(embed, config, step=label_step.vote).run(frames, labels0)]
-    graph = [x for _, x in P.Propagator(embed, config).run(frames, labels0)]  # compiled path
-    # An embed returning float64 arrays (any callable returning arrays is allowed).
-    graph64 = [x for _, x in P.Propagator(lambda x: embed(x).astype(np.float64), config)
-               .run(frames, labels0)]
-    for t, (a, b, c, d) in enumerate(zip(local, dense, graph, graph64)):
-        np.testing.assert_allclose(a, b, atol=1e-6, err_msg=f"frame {t}")
-        np.testing.assert_allclose(c, b, atol=1e-6, err_msg=f"frame {t}")
-        np.testing.assert_allclose(d, b, atol=1e-6, err_msg=f"frame {t}")
+    runs = {"keras": run(context.KERAS), "host": host,
+            "host dense": run(context.LabelSteps("host dense", on_arrays, host=True)),
+            # An embed returning float64 arrays (any callable returning arrays is allowed).
+            "float64 embed": run(context.KERAS, lambda x: embed(x).astype(np.float64))}
+    for name, got in runs.items():
+        for t, (a, b) in enumerate(zip(got, dense)):
+            np.testing.assert_allclose(a, b, atol=1e-6, err_msg=f"{name}, frame {t}")
+
+
+def test_bfloat16_affinity_is_opt_in():
+    """`KERAS_BFLOAT16` keeps its ring in bfloat16 and propagates the exact synthetic video
+    exactly (codes one-hot: exact in bfloat16); the default keeps float32."""
+    video, masks = synthetic_video(frames=4)
+    assert context.KERAS.affinity is None
+    for steps, dtype in ((context.KERAS_BFLOAT16, "bfloat16"), (context.KERAS, "float32")):
+        prop = P.Propagator(code_embed, presets.PRESETS["default"], steps)
+        out = list(P.propagate_mask(iter(video), masks[0], code_embed, prop.config, steps))
+        for t, (_, pred) in enumerate(out):
+            np.testing.assert_array_equal(pred, masks[t] if t == 0 else ideal(masks[t]))
+        h, w = prop.feature_size(64, 64)
+        next(iter(prop.run(iter(video), np.ones((h, w, 2), np.float32))))
+        assert prop.context.feats.dtype.name == dtype
+
+
+def test_label_steps_are_chosen_explicitly():
+    video, masks = synthetic_video(frames=2)
+    with pytest.raises(TypeError, match="steps must be a LabelSteps"):
+        list(P.propagate_mask(video, masks[0], code_embed, presets.PRESETS["default"],
+                              label_step.vote))
 
 
 def test_identity_baseline_copies_the_first_mask():
@@ -341,21 +370,25 @@ def test_bad_inputs_raise_clear_errors():
         list(P.propagate_mask(mixed, masks[0], code_embed))
 
 
-def test_context_buffers_stay_bounded():
+@pytest.mark.parametrize("steps", ["KERAS", "DENSE"])
+def test_context_buffers_stay_bounded(steps):
     """Only first + `context` frames are kept: the buffers never grow with the video."""
     video, masks = synthetic_video(frames=5)
-    config = dataclasses.replace(presets.PRESETS["default"], context=2)
-    prop = P.Propagator(code_embed, config)
-    h, w = prop.feature_size(64, 64)
     onehot = np.stack([masks[0] == 0, masks[0] == 1], -1).astype(np.float32)
-    labels0 = onehot.reshape(h, CELL, w, CELL, 2).mean((1, 3))
-    stream = prop.run(iter(video), labels0)
-    next(stream)
-    shapes = set()
-    for _ in stream:
-        ctx = stream.gi_frame.f_locals["context"]
-        shapes.add((tuple(ctx.first_feats.shape), tuple(ctx.feats.shape), tuple(ctx.labels.shape)))
-    assert shapes == {((1, h * w, len(_PALETTE)), (h * w, 2, len(_PALETTE)), (h * w, 2, 2))}
+
+    def held(context_frames, frames):
+        config = dataclasses.replace(presets.PRESETS["default"], context=context_frames)
+        prop = P.Propagator(code_embed, config, getattr(context, steps))
+        h, w = prop.feature_size(64, 64)
+        labels0 = onehot.reshape(h, CELL, w, CELL, 2).mean((1, 3))
+        sizes = {prop.context.nbytes for _ in prop.run(iter(video[:frames]), labels0)}
+        assert len(sizes) == 1, sizes  # the same at every frame
+        return sizes.pop(), h * w
+
+    two, n = held(2, 5)
+    assert held(2, 3)[0] == two < held(4, 5)[0]  # grows with the context, not the video
+    if steps == "DENSE":  # float32 features (C = the palette's size), labels (K = 2), 1 + 2 frames
+        assert two == 4 * (1 + 2) * n * (len(_PALETTE) + 2)
 
 
 def test_default_preset_is_the_follow_up_protocol_with_its_own_conventions():
@@ -391,7 +424,7 @@ def test_strict_radius_equals_a_radius_just_below(step, local_step):
 
 def test_masks_on_a_dev_sequence_match_the_dense_reference(shared_data):
     """Real frames and a random ResNet-18: the compiled local path (graph context, `vote_local`)
-    gives the masks of the dense `vote` with the radius mask (NumPy context), up to a handful of
+    gives the masks of the dense `vote` with the radius mask (`context.DENSE`), up to a handful of
     pixels where float summation order may flip a near tie (at most 0.1%), and the same J&F."""
     from tc_keras.export import encoder_io
     from tc_keras.data import label_io
@@ -404,7 +437,7 @@ def test_masks_on_a_dev_sequence_match_the_dense_reference(shared_data):
     config = dataclasses.replace(presets.PRESETS["default"], size=120, context=5)
     embed = encoder_io.load_encoder("random", 18)
     fast = [m for _, m in P.propagate_mask(frames, gt[0], embed, config)]
-    ref = [m for _, m in P.propagate_mask(frames, gt[0], embed, config, step=label_step.vote)]
+    ref = [m for _, m in P.propagate_mask(frames, gt[0], embed, config, context.DENSE)]
     differing = sum(int((a != b).sum()) for a, b in zip(fast, ref))
     assert differing <= 1e-3 * sum(m.size for m in ref), differing
     scores = [metrics.davis_summary({"s": metrics.evaluate_frames(gt, m, [1])})["J&F-Mean"]

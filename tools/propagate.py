@@ -52,7 +52,7 @@ from tc_keras.data import davis, label_io, video_writer, vip
 from tc_keras.data import video as video_lib
 from tc_keras.export import encoder_flags, encoder_io, runtimes
 from tc_keras.propagation import propagate as prop
-from tc_keras.propagation import protocol_flags, visualize
+from tc_keras.propagation import context, protocol_flags, visualize
 
 _VIDEO = flags.DEFINE_string("video", None, "Input video file or folder of numbered frames.")
 _LABELS = flags.DEFINE_string(
@@ -140,7 +140,7 @@ def read_first_mask(labels_path, parts):
     return ids, fmt
 
 
-def run_video(source, labels_path, out_dir, embed, config, overlay, step=None, local_step=None,
+def run_video(source, labels_path, out_dir, embed, config, overlay, steps=context.KERAS,
               parts=False):
     """Propagates one video's first-frame labels into `out_dir` (atomically)."""
     info = video_lib.video_info(source)
@@ -155,11 +155,11 @@ def run_video(source, labels_path, out_dir, embed, config, overlay, step=None, l
             if not np.isfinite(first).all(axis=-1).any():
                 raise label_io.LabelError(f"{labels_path}: no joint is annotated in frame 0")
             label_io.check_keypoints(labels_path, first, size, meta.get("joint_names"))
-            stream = prop.propagate_keypoints(frames, first, embed, config, step, local_step)
+            stream = prop.propagate_keypoints(frames, first, embed, config, steps)
         else:
             ids, fmt = read_first_mask(labels_path, parts)
             label_io.check_mask(labels_path, ids, size)
-            stream = prop.propagate_mask(frames, ids, embed, config, step, local_step)
+            stream = prop.propagate_mask(frames, ids, embed, config, steps)
         fps = info["fps"] or _FPS.value
         bar = Progress(len(names))
         all_joints = []
@@ -227,14 +227,14 @@ def main(argv):
         overlay = bool(_OVERLAY.value)
     if runtimes.is_export(_ENCODER.value):
         runtime = runtimes.load_runtime(_ENCODER.value)
-        embed, step, local_step = runtime.embed, runtime.step, runtime.local_step
+        embed, steps = runtime.embed, runtime.label_steps
     else:
         embed = encoder_io.load_encoder(_ENCODER.value,
                                         **encoder_flags.encoder_kwargs(flags.FLAGS))
-        step = local_step = None
+        steps = context.KERAS
     for source, labels, out in jobs:
         print(f"{source} -> {out}")
-        run_video(source, labels, out, embed, config, overlay, step, local_step,
+        run_video(source, labels, out, embed, config, overlay, steps,
                   parts=bool(_VIP_ROOT.value))
 
 

@@ -22,10 +22,11 @@ Signatures (every input required; SavedModel signatures cannot give inputs defau
 - `propagate_per_frame`: the same with per-frame top-k (the paper protocol, `joint_topk=False`);
   topk <= N.
 - `propagate_local`: the label step with a radius, `tc_keras.propagation.label_step.vote_local` (joint top-k),
-  what `Propagator` calls when the protocol has a radius (same labels as `propagate` with the
-  radius mask, several times faster at 480p). Queries come in tiles of P positions, each matched
-  against the N-positions of its key region (R of them) in the short-term frames, and densely
-  against the long-term frames; `tc_keras.propagation.tiles.local_tiles(h, w, radius)` gives the tiling:
+  what an export's runtime runs when the protocol has a radius (same labels as `propagate` with
+  the radius mask, several times faster at 480p; the Keras path runs the key windows of
+  `tc_keras.propagation.window_step`, the same labels again). Queries come in tiles of P
+  positions, each matched against the N-positions of its key region (R of them) in the
+  short-term frames, and densely against the long-term frames; `tc_keras.propagation.tiles.local_tiles(h, w, radius)` gives the tiling:
     long_feats float32 (L, N, C), long_labels float32 (L, N, K) (unrestricted frames: the first),
     short_feats float32 (N, S, C), short_labels float32 (N, S, K) (radius-restricted frames,
     position-major), queries float32 (T, P, C) (query features tile by tile,
@@ -35,9 +36,11 @@ Signatures (every input required; SavedModel signatures cannot give inputs defau
 - `propagate_local_per_frame`: the same with per-frame top-k.
 
 Exports written before `propagate_local*` existed still load (tc_keras.export.runtimes): their runtimes
-have `local_step = None` and `Propagator` then runs `propagate` with the dense radius mask.
+have `local_step = None` and the propagation context then runs `propagate` with the dense radius
+mask.
 
-Min-max normalisation (paper protocol) needs the whole frame and stays a post-step in `Propagator`.
+Min-max normalisation (paper protocol) needs the whole frame and stays a post-step in the
+propagation context.
 
 Shape legend: B batch, H W frame size, M context frames, N = h*w feature positions, Q query
 positions, C channels, K label channels.

@@ -5,7 +5,7 @@ so `vote` and `vote_local` are traced into SavedModel / TFLite signatures as the
 spatial-radius restriction is a precomputed boolean tensor (`tiles.radius_mask`, `tiles.local_tiles`),
 not a loop.
 
-Two forms of the same step:
+Two forms of the same step (and a third, for the compiled path only: `window_step`):
 
 - `vote`: dense, every query against every key of every context frame, keys outside the radius
   masked. Simple; the reference.

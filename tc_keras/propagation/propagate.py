@@ -9,28 +9,36 @@ Three layers, so that each can be reused or exported on its own:
   traced into a SavedModel / TFLite signature.
   `vote_local` is the same step for a spatial radius, computing only the logits it needs
   (several times faster at 480p); `vote` with a radius mask is its reference.
+  `tc_keras.propagation.window_step` is the compiled path's form of it (key windows).
 - `Propagator`: streams frames (generator in, generator out), embeds each frame once with any
   callable `embed(frames_uint8 (B, H, W, 3)) -> (B, h, w, C)` (L2-normalised), keeps only the
-  context (first frame + N previous; `tc_keras.propagation.context`, as graph state with a compiled step on
-  the Keras path) in fixed-size buffers, so memory does not grow with the length of the video,
-  and feeds its own soft predictions back as context (recurrent).
-- `propagate_mask` / `propagate_keypoints`: label encodings (one-hot masks with object ids:
-  `tc_keras.propagation.label_maps`; Gaussian keypoint heatmaps) and their decoding at frame
-  resolution.
+  context (first frame + N previous; `tc_keras.propagation.context`: graph state and a compiled
+  step, whatever the runtime) in fixed-size buffers, so memory does not grow with the length of
+  the video, and feeds its own soft predictions back as context (recurrent). Which functions
+  compute the labels is an explicit argument, `steps` (`context.KERAS`, `context.DENSE`, or an
+  exported model's `label_steps`).
+- `propagate_mask` / `propagate_keypoints`: label encodings (one-hot masks with object ids,
+  Gaussian keypoint heatmaps; masks: `tc_keras.propagation.label_maps`) and their decoding at
+  frame resolution.
 
 Shape legend: B batch, M context frames, H W frame size, h w feature size (stride 8, ceil(H/8) x
 ceil(W/8) of the model input size), N = h*w, Q query positions, C channels, K label channels,
 J joints.
 """
 
+import itertools
+
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from tc_keras.propagation.context import GraphContext, NumpyContext
+from tc_keras.propagation.context import KERAS, Context
 from tc_keras.propagation.label_maps import label_map, mask_labels
-from tc_keras.propagation.label_step import vote
 from tc_keras.propagation.presets import PRESETS, feature_size, model_size
+
+# Frames per encoder call: at 480p a ResNet-18 costs about 12% less CPU per frame two at a time
+# than one at a time (bench/RESULTS.md, issue 22), four gain nothing more.
+EMBED_BATCH = 2
 
 # Keypoint heatmaps: Gaussian sigma in feature cells, and the number of top locations whose
 # weighted mean gives the keypoint back (docs/METHOD.md, "Label propagation").
@@ -65,40 +73,43 @@ class Propagator:
         features, h = ceil(H'/8), w = ceil(W'/8) (a tf.function, e.g. `encoder_io.make_embed`,
         keeps the frames in TensorFlow; any callable returning arrays works).
       config: a `PropagationConfig`.
-      step: the dense label step, a callable with the interface of `label_step.vote` returning
-        (Q, K), run on NumPy buffers (`context.NumpyContext`). Used without a radius (or without
-        short-term frames), and with a radius when there is no `local_step`.
-      local_step: the label step with a radius, a callable with the interface of
-        `label_step.vote_local` returning (T, P, K). An exported model's `propagate*` signatures
-        (tc_keras.export.runtimes) plug in here, so every runtime runs the same step.
-        With neither step given, `vote` / `vote_local` run compiled, the context kept as graph
-        state (`context.GraphContext`): the fast path.
+      steps: the label steps, a `context.LabelSteps`: `context.KERAS` (key windows / `vote`
+        compiled: the fast path), `context.DENSE` (`vote` with the dense radius mask: the
+        reference) or an exported model's (`tc_keras.export.runtimes`: `runtime.label_steps`), so
+        that every runtime runs the same step.
 
     Only the first frame and the `config.context` most recent frames (features and labels) are
-    kept, in fixed-size buffers: memory does not grow with the video length. With
-    `config.predict_first`, frame 0 is first predicted from that context (copies of itself) and
-    enters it with its prediction, before frame 1 (the reference code's start).
+    kept, in fixed-size buffers (`context`, the current video's `context.Context`, says how large:
+    `context.nbytes`): memory does not grow with the video length.
+    With `config.predict_first`, frame 0 is first predicted from that context (copies of itself)
+    and enters it with its prediction, before frame 1 (the reference code's start).
     """
 
-    def __init__(self, embed, config=PRESETS["default"], step=None, local_step=None):
+    def __init__(self, embed, config=PRESETS["default"], steps=KERAS):
         self.embed = embed
         self.config = config
-        self.step = step
-        self.local_step = local_step
+        self.steps = steps
+        self.context = None
 
     def feature_size(self, height, width):
         return feature_size(height, width, self.config)
 
-    def _features(self, frame):
-        """(N, C) features of a uint8 (H, W, 3) frame at the model size (a tensor or an array)."""
-        mh, mw = model_size(frame.shape[0], frame.shape[1], self.config)
-        feats = self.embed(resize_frame(frame, mh, mw, self.config.antialias)[None])
-        expected = (1, *self.feature_size(frame.shape[0], frame.shape[1]))
+    def _features(self, frames):
+        """(B, N, C) features of B uint8 (H, W, 3) frames of one size, embedded in one call at
+        the model size."""
+        mh, mw = model_size(frames[0].shape[0], frames[0].shape[1], self.config)
+        # Each frame a uint8 tensor first: stacking a list of arrays would give int32, which
+        # exported embeds refuse.
+        feats = self.embed(tf.stack([
+            tf.convert_to_tensor(resize_frame(frame, mh, mw, self.config.antialias))
+            for frame in frames]))
+        expected = (len(frames), *self.feature_size(frames[0].shape[0], frames[0].shape[1]))
         if tuple(feats.shape[:3]) != expected:
             raise ValueError(f"embed returned features {tuple(feats.shape[1:3])} for a {mh}x{mw} "
                              f"(HxW) frame; expected {expected[1:]} (ceil(side / 8))")
-        # (1, h, w, C) -> (N, C) float32 (an embed may return float64 arrays, bfloat16 tensors)
-        return ops.cast(ops.reshape(feats, (expected[1] * expected[2], -1)), "float32")
+        # (B, h, w, C) -> (B, N, C) float32 (an embed may return float64 arrays, bfloat16 tensors)
+        return ops.cast(ops.reshape(feats, (len(frames), expected[1] * expected[2], -1)),
+                        "float32")
 
     def run(self, frames, first_labels):
         """Yields (frame, labels (h, w, K) float32) for every frame, the first included.
@@ -117,22 +128,25 @@ class Propagator:
         if first_labels.shape[:2] != (h, w):
             raise ValueError(f"first-frame labels are {first_labels.shape[:2]}, expected the "
                              f"feature size {(h, w)}")
-        feats0 = self._features(first)
+        feats0 = self._features([first])[0]
         labels0 = first_labels.reshape(h * w, -1)  # (h, w, K) -> (N, K)
-        if self.step is None and self.local_step is None:
-            context = GraphContext(feats0, labels0, h, w, self.config)
-        else:
-            context = NumpyContext(feats0, labels0, h, w, self.config, self.step or vote,
-                                   self.local_step)
+        self.context = context = Context(feats0, labels0, h, w, self.config, self.steps)
         if self.config.predict_first:
             # Frame 0 from copies of itself, fed back (docs/METHOD.md, "Reference protocol").
             context.step(feats0)
         yield first, first_labels
-        for t, frame in enumerate(it, start=1):
-            if frame.shape != first.shape:
-                raise ValueError(f"frame {t} is {frame.shape}, the first frame {first.shape}")
-            pred = context.step(self._features(frame))  # (N, K)
-            yield frame, np.asarray(pred, np.float32).reshape(h, w, -1)
+        # The encoder takes EMBED_BATCH frames per call (decoding runs ahead in the tools); the
+        # label steps then run one frame after the other.
+        t = 1
+        while batch := list(itertools.islice(it, EMBED_BATCH)):
+            for i, frame in enumerate(batch):
+                if frame.shape != first.shape:
+                    raise ValueError(f"frame {t + i} is {frame.shape}, the first frame "
+                                     f"{first.shape}")
+            for frame, feats in zip(batch, ops.unstack(self._features(batch))):
+                pred = context.step(feats)  # (N, K)
+                yield frame, np.asarray(pred, np.float32).reshape(h, w, -1)
+            t += len(batch)
 
 
 def _peek(frames):
@@ -151,8 +165,7 @@ def _same_size(first, frames):
         yield frame
 
 
-def propagate_mask(frames, first_mask, embed, config=PRESETS["default"], step=None,
-                   local_step=None):
+def propagate_mask(frames, first_mask, embed, config=PRESETS["default"], steps=KERAS):
     """Propagates an object mask through a video.
 
     Args:
@@ -160,7 +173,7 @@ def propagate_mask(frames, first_mask, embed, config=PRESETS["default"], step=No
       first_mask: (H, W) integer object ids of the first frame (0 = background).
       embed: see `Propagator`; None gives the "identity" baseline (copy the first mask).
       config: a `PropagationConfig` (its labels in and out: `label_maps`).
-      step, local_step: the label steps (see `Propagator`); None = `vote` / `vote_local` (Keras).
+      steps: the label steps (see `Propagator`).
     Yields:
       (frame, (H, W) mask with the ids of `first_mask`) for every frame, the first included (as
       given); objects dropped by `config.min_label_pixels` do not appear after it.
@@ -179,7 +192,7 @@ def propagate_mask(frames, first_mask, embed, config=PRESETS["default"], step=No
             yield frame, first_mask
         return
     ids, labels0 = mask_labels(first_mask, config)
-    prop = Propagator(embed, config, step, local_step)
+    prop = Propagator(embed, config, steps)
     stream = prop.run(_chain(first, rest), labels0)
     next(stream)
     yield first, first_mask
@@ -221,8 +234,7 @@ def decode_keypoints(heatmaps, image_size, topk=KEYPOINT_TOPK):
     return np.stack([(weights * fx).sum(1) / total, (weights * fy).sum(1) / total], -1)
 
 
-def propagate_keypoints(frames, first_joints, embed, config=PRESETS["default"], step=None,
-                        local_step=None):
+def propagate_keypoints(frames, first_joints, embed, config=PRESETS["default"], steps=KERAS):
     """Propagates keypoints as Gaussian heatmaps.
 
     Args:
@@ -230,7 +242,7 @@ def propagate_keypoints(frames, first_joints, embed, config=PRESETS["default"], 
       first_joints: (J, 2) pixel (x, y) joints of the first frame; NaN = not annotated.
       embed: see `Propagator`; None gives the identity baseline (copy the first joints).
       config: a `PropagationConfig`.
-      step, local_step: the label steps (see `Propagator`); None = `vote` / `vote_local` (Keras).
+      steps: the label steps (see `Propagator`).
     Yields:
       (frame, (J, 2) joints in pixels) for every frame, the first included; joints that were NaN
       in the first frame stay NaN.
@@ -243,7 +255,7 @@ def propagate_keypoints(frames, first_joints, embed, config=PRESETS["default"], 
         for frame in _same_size(first, rest):
             yield frame, first_joints
         return
-    prop = Propagator(embed, config, step, local_step)
+    prop = Propagator(embed, config, steps)
     size = first.shape[:2]
     feature_size = prop.feature_size(*size)
     maps = keypoint_heatmaps(first_joints, size, feature_size)
