@@ -63,7 +63,7 @@ def test_native_grid_of_a_davis_frame_with_a_random_resnet18():
     embed = encoder_io.load_encoder("random", 18)
     prop = P.Propagator(lambda x: seen.append(x.shape) or embed(x), CRW)
     assert prop.feature_size(480, 854) == (60, 107)
-    assert tuple(prop._features(frame).shape) == (60 * 107, 512)
+    assert tuple(prop._features([frame])[0].shape) == (60 * 107, 512)
     assert seen == [(1, 480, 854, 3)]  # not resized
     mask = np.zeros((480, 854), np.uint8)
     mask[100:200, 300:500] = 3
@@ -85,7 +85,7 @@ def test_frames_resized_without_antialiasing_hand_computed():
     seen = []
     config = dataclasses.replace(PAPER, size=8)
     P.Propagator(lambda x: seen.append(np.asarray(x)) or np.ones((1, 1, 1, 4)), config)._features(
-        frame)
+        [frame])
     np.testing.assert_array_equal(seen[0][0], want)
 
 
@@ -188,7 +188,7 @@ def test_reference_start_predicts_frame_0_from_itself(graph):
     for first, factor in ((True, p * (1 + p) / 2), (False, p)):
         config = dataclasses.replace(PAPER, size=None, square=False, context=1, topk=1,
                                      temperature=1.0, minmax=False, predict_first=first)
-        prop = P.Propagator(lambda x: feats, config, step=None if graph else label_step.vote)
+        prop = P.Propagator(lambda x: feats, config, context.KERAS if graph else context.DENSE)
         out = [x for _, x in prop.run(frames, labels0)]
         np.testing.assert_array_equal(out[0], labels0)  # frame 0: the labels given
         np.testing.assert_allclose(out[1], factor * labels0, atol=1e-6)
@@ -398,20 +398,25 @@ def test_default_preset_is_the_follow_up_protocol_with_its_own_conventions():
     assert DEFAULT == dataclasses.replace(CRW, **conventions)
 
 
-@pytest.mark.parametrize("step, local_step", [(None, None), (label_step.vote, None),
-                                               (None, label_step.vote_local)])
-def test_strict_radius_equals_a_radius_just_below(step, local_step):
+@pytest.mark.parametrize("steps", [context.KERAS, context.DENSE,
+                                   context.LabelSteps("tiles", label_step.vote,
+                                                      label_step.vote_local)],
+                         ids=["windows", "dense", "tiles"])
+def test_strict_radius_equals_a_radius_just_below(steps):
     """Cell distances are square roots of integers: keys strictly within 2 cells are those within
     1.99. crw (strict) gives what the default (<=) gives with radius 1.99, and differs from the
-    default at 2, where the keys at distance exactly 2 count, on every path (compiled,
-    dense `vote` with the radius mask, `vote_local`'s tiles)."""
+    default at 2, where the keys at distance exactly 2 count, on every path (the compiled key
+    windows, dense `vote` with the radius mask, `vote_local`'s tiles)."""
     rng = np.random.default_rng(4)
     feats = random_unit(rng, 5, 6, 7, 8).astype(np.float32)  # (T, h, w, C) per frame
     frames = [np.full((6 * CELL, 7 * CELL, 3), t, np.uint8) for t in range(len(feats))]
     labels0 = rng.uniform(size=(6, 7, 3)).astype(np.float32)
 
+    def embed(x):  # (B, H, W, 3) frames whose value is their index -> their features
+        return np.stack([feats[int(frame[0, 0, 0])] for frame in np.asarray(x)])
+
     def run(config):
-        prop = P.Propagator(lambda x: feats[int(x[0, 0, 0, 0])][None], config, step, local_step)
+        prop = P.Propagator(embed, config, steps)
         return np.stack([x for _, x in prop.run(frames, labels0)])
 
     base = dataclasses.replace(CRW, native_grid=False, context=2, topk=4)
