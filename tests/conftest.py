@@ -34,3 +34,13 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def two_cpu_strategy():
+    """One 2-replica MirroredStrategy over the two logical CPUs for the whole session: a second
+    strategy in the same process reuses the first one's collective keys, and its synchronised
+    BatchNorm then meets the other's collectives (shape mismatch)."""
+    if len(tf.config.list_logical_devices("CPU")) < 2:
+        pytest.skip("needs two logical CPU devices (set up in conftest before TF initialises)")
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

@@ -79,16 +79,14 @@ def _one_step(model, batch, strategy=None):
     return {k: v[-1] for k, v in logs.items()}
 
 
-def test_two_replica_mirrored_step_equals_single_device_step():
-    if len(tf.config.list_logical_devices("CPU")) < 2:
-        pytest.skip("needs two logical CPU devices (set up in conftest before TF initialises)")
+def test_two_replica_mirrored_step_equals_single_device_step(two_cpu_strategy):
     batch = make_batch(1, k=1)
     # SGD, so that a wrongly scaled gradient shows (Adam's first step is scale-free), and a small
     # clip norm so that clipping of the all-replica gradient is in effect.
     kw = dict(sync_batchnorm=True, grad_clip_norm=0.05, num_past=1)
     single = small_model(keras.optimizers.SGD(1.0), **kw)
     init = single.get_weights()
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_cpu_strategy
     with strategy.scope():
         mirrored = small_model(keras.optimizers.SGD(1.0), **kw)
     mirrored.set_weights(init)

@@ -184,15 +184,13 @@ def test_mini_run_overfits_one_batch():
     assert history["acc"][-1] > history["acc"][0]
 
 
-def test_two_replica_mirrored_step_equals_single_device_step():
-    if len(tf.config.list_logical_devices("CPU")) < 2:
-        pytest.skip("needs two logical CPU devices (set up in conftest before TF initialises)")
+def test_two_replica_mirrored_step_equals_single_device_step(two_cpu_strategy):
     # No edge dropout (the replicas' patterns, drawn per replica batch, are not one device's);
     # SGD shows a wrongly scaled gradient.
     kw = dict(sync_batchnorm=True, edge_dropout=0.0, res5=False)
     single = small_model(keras.optimizers.SGD(0.5), **kw)
     init = single.get_weights()
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_cpu_strategy
     with strategy.scope():
         mirrored = small_model(keras.optimizers.SGD(0.5), **kw)
     mirrored.set_weights(init)

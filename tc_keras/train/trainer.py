@@ -188,7 +188,7 @@ def _train(config, strategy, out_dir, shards):
                 continue
             model.set_encoder_frozen(frozen)
             logging.info("Steps %d..%d with the encoder %s", step, until,
-                         "frozen (tracker only)" if frozen else "trained")
+                         "frozen (tracker or walk head only)" if frozen else "trained")
             data = sources.make_dataset(config, shards, strategy, seed=t.seed + step,
                                         rotation_scale=rotation_scale)
             monitor.stop_at = until
