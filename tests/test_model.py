@@ -79,17 +79,24 @@ def _one_step(model, batch, strategy=None):
     return {k: v[-1] for k, v in logs.items()}
 
 
+def replica_pair(make, optimizer, strategy, **kwargs):
+    """(model, the same under `strategy` with the same initial weights): `make(optimizer(),
+    **kwargs)` built twice."""
+    single = make(optimizer(), **kwargs)
+    with strategy.scope():
+        mirrored = make(optimizer(), **kwargs)
+    mirrored.set_weights(single.get_weights())
+    return single, mirrored
+
+
 def test_two_replica_mirrored_step_equals_single_device_step(two_cpu_strategy):
     batch = make_batch(1, k=1)
     # SGD, so that a wrongly scaled gradient shows (Adam's first step is scale-free), and a small
     # clip norm so that clipping of the all-replica gradient is in effect.
     kw = dict(sync_batchnorm=True, grad_clip_norm=0.05, num_past=1)
-    single = small_model(keras.optimizers.SGD(1.0), **kw)
-    init = single.get_weights()
     strategy = two_cpu_strategy
-    with strategy.scope():
-        mirrored = small_model(keras.optimizers.SGD(1.0), **kw)
-    mirrored.set_weights(init)
+    single, mirrored = replica_pair(small_model, lambda: keras.optimizers.SGD(1.0), strategy, **kw)
+    init = single.get_weights()
     logs_1 = _one_step(single, batch)
     logs_2 = _one_step(mirrored, batch, strategy)
     assert logs_1["grad_norm"] > 0.05  # clipping was in effect
@@ -123,15 +130,17 @@ def test_frozen_encoder_trains_only_the_tracker_then_unfreezes():
                    for a, b in zip(enc0, model.encoder.trainable_weights))
 
 
-def test_every_trainable_variable_gets_a_gradient():
-    model = small_model()
-    batch = make_batch(3)
+def variables_without_gradient(model, batch):
+    """Paths of the trainable variables whose gradient of the training loss is None or zero."""
     with tf.GradientTape() as tape:
         loss = model.compute_losses(batch, model(batch, training=True))["loss"]
     grads = tape.gradient(loss, model.trainable_variables)
-    missing = [v.path for v, g in zip(model.trainable_variables, grads)
-               if g is None or not np.any(np.asarray(g))]
-    assert not missing
+    return [v.path for v, g in zip(model.trainable_variables, grads)
+            if g is None or not np.any(np.asarray(g))]
+
+
+def test_every_trainable_variable_gets_a_gradient():
+    assert not variables_without_gradient(small_model(), make_batch(3))
 
 
 @pytest.mark.slow

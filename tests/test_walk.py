@@ -21,6 +21,7 @@ from tests import broken_files
 from tests import release_reference as ref
 from tests.pth_writer import write_pth
 from tests.test_export import tflite_ops
+from tests.test_model import replica_pair, variables_without_gradient
 from tests.tool_run import run_tool
 
 # 32 px frames cut into 16 px patches every 8 px: 3x3 = 9 nodes per frame, 2x2 cells per patch.
@@ -154,13 +155,7 @@ def test_encoder_is_the_tools_and_every_variable_gets_a_gradient():
     features = np.asarray(model.encoder(frames))
     assert features.shape == (1, 4, 4, 256)  # res4 of ResNet-18: stride 8, 256 channels
     np.testing.assert_allclose(np.linalg.norm(features, axis=-1), 1, atol=1e-5)
-    batch = {"patches": random_patches(6)}
-    with tf.GradientTape() as tape:
-        loss = model.compute_losses(batch, model(batch, training=True))["loss"]
-    grads = tape.gradient(loss, model.trainable_variables)
-    missing = [v.path for v, g in zip(model.trainable_variables, grads)
-               if g is None or not np.any(np.asarray(g))]
-    assert not missing
+    assert not variables_without_gradient(model, {"patches": random_patches(6)})
     assert any("encoder" in v.path for v in model.trainable_variables)
 
 
@@ -188,12 +183,9 @@ def test_two_replica_mirrored_step_equals_single_device_step(two_cpu_strategy):
     # No edge dropout (the replicas' patterns, drawn per replica batch, are not one device's);
     # SGD shows a wrongly scaled gradient.
     kw = dict(sync_batchnorm=True, edge_dropout=0.0, res5=False)
-    single = small_model(keras.optimizers.SGD(0.5), **kw)
-    init = single.get_weights()
     strategy = two_cpu_strategy
-    with strategy.scope():
-        mirrored = small_model(keras.optimizers.SGD(0.5), **kw)
-    mirrored.set_weights(init)
+    single, mirrored = replica_pair(small_model, lambda: keras.optimizers.SGD(0.5), strategy, **kw)
+    init = single.get_weights()
     batch = {"patches": random_patches(9, batch=4)}
     logs_1 = single.fit(tf.data.Dataset.from_tensors(batch), verbose=0).history
     ds = strategy.experimental_distribute_dataset(

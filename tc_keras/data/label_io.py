@@ -83,6 +83,19 @@ class MaskFormat:
 DAVIS_MASK = MaskFormat(palette=DAVIS_PALETTE)
 
 
+def _read_png(path, kind):
+    """(mode, palette or None, (H, W) values) of an image file; LabelError naming it otherwise."""
+    if not path.is_file():
+        raise LabelError(f"{path}: no such {kind} file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            palette = im.getpalette() if im.mode == "P" else None
+            return im.mode, palette, np.asarray(im)
+    except OSError as e:
+        raise LabelError(f"{path}: not a readable image ({e})") from None
+
+
 def read_mask(path, threshold=None):
     """(H, W) uint8 object ids and the `MaskFormat` of a mask PNG (see the module docstring).
 
@@ -92,16 +105,7 @@ def read_mask(path, threshold=None):
         reads 0/255 as one object and a few small values as ids, and refuses a soft mask.
     """
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise LabelError(f"{path}: no such mask file")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            palette = im.getpalette() if mode == "P" else None
-            ids = np.asarray(im)
-    except OSError as e:
-        raise LabelError(f"{path}: not a readable image ({e})") from None
+    mode, palette, ids = _read_png(path, "mask")
     if mode == "P":
         return ids.astype(np.uint8), MaskFormat(palette=tuple(palette or ()))
     if mode == "1":
@@ -134,16 +138,7 @@ def read_ids(path):
     its values (written back as grayscale). No 0/255 or soft-mask interpretation (`read_mask`).
     """
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise LabelError(f"{path}: no such label file")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            palette = im.getpalette() if mode == "P" else None
-            ids = np.asarray(im)
-    except OSError as e:
-        raise LabelError(f"{path}: not a readable image ({e})") from None
+    mode, palette, ids = _read_png(path, "label")
     if mode not in ("P", "L"):
         raise LabelError(f"{path}: a {mode} image; expected an 8-bit grayscale or indexed "
                          "(palette) PNG of class ids")
