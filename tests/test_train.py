@@ -80,7 +80,10 @@ def test_resume_after_kill_continues_from_checkpoint(tmp_path):
     ckpt = workdir / "ckpt"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if list(ckpt.glob("ckpt-3.index")):
+        # The manager's state file names ckpt-3 once it is complete (its .index comes earlier):
+        # killed before that, a loaded machine would leave nothing to resume from.
+        state = ckpt / "checkpoint"
+        if state.is_file() and "ckpt-3" in state.read_text():
             break
         time.sleep(0.2)
     log.seek(0)
