@@ -8,6 +8,7 @@ import pathlib
 import pytest
 from absl import flags
 
+from tc_keras import flag_fields
 from tc_keras.train import config as tconfig
 from tc_keras.model import timecycle as tmodel
 
@@ -54,11 +55,11 @@ def test_every_field_is_one_flag_with_its_default_in_the_help():
         flag = values[field.name]
         assert flag.default == field.default, field.name
         if field.name in tconfig.WALK_DEFAULTS:
-            walk = tconfig.shown(tconfig.WALK_DEFAULTS[field.name])
-            assert flag.help.endswith(f"Default: {tconfig.shown(field.default)}; {walk} with "
+            walk = flag_fields.shown(tconfig.WALK_DEFAULTS[field.name])
+            assert flag.help.endswith(f"Default: {flag_fields.shown(field.default)}; {walk} with "
                                       "--objective=walk."), flag.help
         elif field.default != "":
-            assert flag.help.endswith(f"Default: {tconfig.shown(field.default)}."), flag.help
+            assert flag.help.endswith(f"Default: {flag_fields.shown(field.default)}."), flag.help
     assert values["long_weight"].help.endswith("Default: 0.02.")
     assert values["sim_theta_grad"].help.endswith("Default: true.")
     values(["train", "--workdir=w", "--encoder=resnet18", "--nosim_theta_grad", "--crop_size=168",

@@ -18,12 +18,13 @@ FOLDERS = ("model", "data", "propagation", "export", "convert", "train")
 ALLOWED = {
     "model": {"ops"},
     "data": {"ops", "atomic"},
-    "propagation": {"ops", "model", "data"},
+    "propagation": {"ops", "flag_fields", "model", "data"},
     "export": {"ops", "atomic", "model", "propagation"},
     "convert": {"ops", "atomic", "model", "export"},
-    "train": {"ops", "atomic", "cli", "model", "data", "propagation", "export", "convert"},
+    "train": {"ops", "atomic", "cli", "flag_fields", "model", "data", "propagation", "export",
+              "convert"},
 }
-TOP_LEVEL = {"ops": set(), "atomic": set(), "cli": set()}
+TOP_LEVEL = {"ops": set(), "atomic": set(), "cli": set(), "flag_fields": set()}
 
 
 def _modules():

@@ -4,6 +4,6 @@ the pure label step (label_step), its key-window form for the compiled path (win
 tables, window_step: the step), the context ring with its compiled step (context), streaming
 over a video (propagate), metrics (DAVIS J/F, PCK, mIoU) and overlays (visualize).
 
-May import: tc_keras.ops, tc_keras.model (the feature stride), tc_keras.data (label files) and
-this folder; never train/, export/ or convert/.
+May import: tc_keras.ops, tc_keras.flag_fields, tc_keras.model (the feature stride),
+tc_keras.data (label files) and this folder; never train/, export/ or convert/.
 """

@@ -12,18 +12,13 @@ import dataclasses
 import math
 from typing import Optional
 
+from tc_keras.flag_fields import field as _field
 from tc_keras.model.encoder import FEATURE_STRIDE
 
 # How the first frame's label map reaches the feature grid (`PropagationConfig.label_resize`).
 LABEL_RESIZES = ("area", "bilinear", "nearest_bilinear")
 # How soft labels on the grid become a label map of the frame (`PropagationConfig.output_resize`).
 OUTPUT_RESIZES = ("bilinear", "bilinear_nearest")
-
-
-def _field(default, help, choices=None, none=None):
-    """A protocol field: default, flag help (with unit), enum choices, the flag word for None."""
-    return dataclasses.field(default=default,
-                             metadata=dict(help=help, choices=choices, none=none))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,12 +13,11 @@ import typing
 
 from absl import flags
 
+from tc_keras import flag_fields
 from tc_keras.propagation.presets import PRESETS, PropagationConfig
 
 PRESET = "preset"
 DEFAULT_PRESET = "default"
-_DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
-           bool: flags.DEFINE_bool}
 
 
 def _kind(field):
@@ -31,11 +30,7 @@ def _kind(field):
 
 def shown(value, field):
     """A field's value as typed on the command line ('0' or 'none' for None)."""
-    if value is None:
-        return field.metadata["none"]
-    if isinstance(value, bool):
-        return str(value).lower()
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return flag_fields.shown(value, field.metadata["none"])
 
 
 def define_flags(flag_values=flags.FLAGS):
@@ -56,7 +51,7 @@ def define_flags(flag_values=flags.FLAGS):
             flags.DEFINE_enum(field.name, None, list(field.metadata["choices"]), text,
                               flag_values=flag_values)
         else:
-            _DEFINE[str if optional else kind](field.name, None, text, flag_values=flag_values)
+            flag_fields.DEFINE[str if optional else kind](field.name, None, text, flag_values=flag_values)
 
 
 def _value(field, raw):

@@ -13,6 +13,7 @@ import pathlib
 
 import tensorflow as tf
 
+from tc_keras import flag_fields
 from tc_keras.export.encoder_io import CONFIG_FILE, load_encoder_model
 from tc_keras.model.encoder import ResNetEncoder
 from tc_keras.train import config as tconfig
@@ -115,7 +116,7 @@ def resumed_config(workdir, config):
         values = {name: value for name, value in predating.items()
                   if run[name] == value and getattr(given, name) == defaults[name] != value}
         sections[section] = dataclasses.replace(given, **values)
-        taken += [f"--{name}={tconfig.shown(value)}" for name, value in values.items()]
+        taken += [f"--{name}={flag_fields.shown(value)}" for name, value in values.items()]
     return dataclasses.replace(config, **sections), taken
 
 
@@ -176,8 +177,8 @@ def config_conflicts(workdir, config):
         for name, value in values.items():
             if name in RESUMABLE or name not in old or old[name] == value:
                 continue
-            out.append(f"--{name}: {tconfig.shown(old[name])} (stored) vs "
-                       f"{tconfig.shown(value)} (given)")
+            out.append(f"--{name}: {flag_fields.shown(old[name])} (stored) vs "
+                       f"{flag_fields.shown(value)} (given)")
     return out
 
 

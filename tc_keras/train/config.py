@@ -22,7 +22,9 @@ from tc_keras.model import contrastive_walk as twalk_model
 from tc_keras.model import losses as tlosses
 from tc_keras.model import timecycle as tmodel
 from tc_keras.model import walk as twalk
+from tc_keras import flag_fields
 from tc_keras import ops as tops
+from tc_keras.flag_fields import field as _field
 from tc_keras.data import clip_layout, pipeline, synthetic, walk_clips
 
 ENCODERS = {"resnet18": 18, "resnet50": 50}
@@ -35,11 +37,6 @@ OBJECTIVES = ("cycle", "walk")
 WALK_DEFAULTS = dict(encoder="resnet18", crop_size=tops.WALK_FRAME_SIZE, batch_size=20,
                      learning_rate=twalk_model.LEARNING_RATE, beta_1=twalk_model.BETA_1,
                      grad_clip_norm=0.0)
-
-
-def _field(default, help, choices=None):
-    """A config field: its default, the help text of its flag, and its choices (an enum flag)."""
-    return dataclasses.field(default=default, metadata=dict(help=help, choices=choices))
 
 
 def _check(condition, message):
@@ -231,17 +228,6 @@ SECTIONS = (DataConfig, ModelConfig, TrainConfig, WalkConfig)
 # What a stored config.json written before a field existed means by its absence, where that is
 # not the field's default: runs before --bn_groups trained with the joint batch.
 PREDATING = {"model": {"bn_groups": "joint"}}
-_DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
-           bool: flags.DEFINE_bool}
-
-
-def shown(value):
-    """A flag value as a user types it on the command line."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 def define_flags(flag_values=flags.FLAGS):
     """Registers one flag per config field (idempotent); the help ends with the default."""
     for section in SECTIONS:
@@ -249,16 +235,16 @@ def define_flags(flag_values=flags.FLAGS):
             if field.name in flag_values:
                 continue
             help_text, choices = field.metadata["help"], field.metadata["choices"]
-            default = "" if field.default == "" else f" Default: {shown(field.default)}."
+            default = "" if field.default == "" else f" Default: {flag_fields.shown(field.default)}."
             if field.name in WALK_DEFAULTS:
-                default = (f" Default: {shown(field.default)}; "
-                           f"{shown(WALK_DEFAULTS[field.name])} with --objective=walk.")
+                default = (f" Default: {flag_fields.shown(field.default)}; "
+                           f"{flag_fields.shown(WALK_DEFAULTS[field.name])} with --objective=walk.")
             text = help_text + default
             if choices:
                 flags.DEFINE_enum(field.name, field.default, list(choices), text,
                                   flag_values=flag_values)
             else:
-                _DEFINE[field.type](field.name, field.default, text, flag_values=flag_values)
+                flag_fields.DEFINE[field.type](field.name, field.default, text, flag_values=flag_values)
 
 
 @dataclasses.dataclass(frozen=True)
